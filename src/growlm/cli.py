@@ -1,0 +1,81 @@
+"""`growlm` command line. Each subcommand lives in its own module, imported only when used.
+
+A subcommand module defines `add_arguments(parser)` and `run(args) -> int`. A GrowlmError
+(bad input) becomes one line on stderr and exit code 2; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+SUBCOMMANDS = {
+    "demo": ("growlm.demo", "prepare the built-in corpus and train a tiny baseline and staged run"),
+    "data": ("growlm.data.cli", "prepare token shards from text files or HF datasets"),
+    "train": ("growlm.train.cli", "train a recipe (all stages; --resume continues)"),
+    "plan": ("growlm.plan.cli", "FLOP and memory plan of a recipe; STEP and Gstack planners"),
+    "eval": ("growlm.eval.cli", "perplexity, zero-shot tasks, word similarity, neighbour overlap"),
+    "export": ("growlm.model.hf_cli", "write a run or checkpoint as a HF Llama folder"),
+    "compare": ("growlm.report.cli", "compare runs at equal FLOPs: report.md, HTML and plots"),
+    "sweep": ("growlm.sweep", "run a recipe over a grid of --set values and pick the best"),
+    "sft": ("growlm.sft.cli", "supervised fine-tuning on instruction data"),
+    "generate": ("growlm.sft.generate", "generate text from a checkpoint or HF folder"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse's default prints usage too)
+        self.exit(2, f"growlm: error: {message} (see --help)\n")
+
+
+def build_parser(available: dict) -> argparse.ArgumentParser:
+    parser = _Parser(prog="growlm", description="Pretrain LLMs in stages.")
+    from growlm import __version__
+
+    parser.add_argument("--version", action="version", version=f"growlm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (module, help_text) in available.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def _available() -> dict:
+    out = {}
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if found:
+            out[name] = (module, help_text)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from growlm.errors import GrowlmError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    available = _available()
+    parser = build_parser(available)
+    # Parse the command name first, then let the subcommand module add its own arguments.
+    if argv and argv[0] in available:
+        module = importlib.import_module(available[argv[0]][0])
+        sub = _Parser(prog=f"growlm {argv[0]}", description=available[argv[0]][1])
+        module.add_arguments(sub)
+        args = sub.parse_args(argv[1:])
+        try:
+            return int(module.run(args) or 0)
+        except GrowlmError as e:
+            print(f"growlm {argv[0]}: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"growlm {argv[0]}: interrupted", file=sys.stderr)
+            return 130
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return 0

@@ -1,0 +1,181 @@
+"""Resolve a recipe's `[[stage]]` list into concrete per-stage settings.
+
+Each stage gets its model shape (from explicit overrides or from the growth op applied to
+the previous stage), its length in optimizer steps, its LR schedule horizon and its
+optimizer settings. The trainer and the planner read only these resolved stages.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from growlm.errors import GrowlmError
+from growlm.model.config import ModelConfig
+
+SHAPE_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "ffn_dim", "block")
+DEPTH_OPS = ("stack", "duplicate", "interpolate", "identity", "random")
+WIDTH_OPS = ("clone", "split", "zero", "width_random")
+
+
+@dataclass(frozen=True)
+class ResolvedStage:
+    index: int  # 0-based
+    name: str
+    model: ModelConfig
+    steps: int
+    schedule_steps: int  # LR horizon (≥ steps): STEP/Gstack grow before the schedule ends
+    lr: float
+    warmup_steps: int
+    min_lr_ratio: float
+    schedule: str
+    optimizer: str
+    spec: object  # the StageConfig it came from
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self._tokens_per_step
+
+    _tokens_per_step: int = 0
+
+
+def _grown_shape(prev: ModelConfig, base: ModelConfig, spec, where: str) -> dict:
+    """The shape fields a growth op produces from `prev` (before explicit overrides)."""
+    g = spec.grow
+    n = prev.n_layers
+    shape: dict = {}
+    if g.op in DEPTH_OPS:
+        if g.op in ("stack", "duplicate"):
+            if g.sources is not None:
+                if g.op != "stack":
+                    raise GrowlmError(f"{where}.grow.sources: only 'stack' takes a source list")
+                bad = [i for i in g.sources if not 0 <= i < n]
+                if bad:
+                    raise GrowlmError(
+                        f"{where}.grow.sources: indices {bad} out of range for a {n}-layer source (0..{n - 1})"
+                    )
+                shape["n_layers"] = len(g.sources)
+            elif g.factor is not None:
+                shape["n_layers"] = n * g.factor
+            elif spec.n_layers is None:
+                raise GrowlmError(f"{where}.grow: '{g.op}' needs factor, sources or the stage's n_layers")
+        else:
+            if g.add is not None:
+                shape["n_layers"] = n + g.add
+            elif spec.n_layers is None:
+                raise GrowlmError(f"{where}.grow: '{g.op}' needs add or the stage's n_layers")
+        if n == 0 and g.op in ("stack", "duplicate", "interpolate"):
+            raise GrowlmError(f"{where}.grow: '{g.op}' needs a source with at least one layer")
+    elif g.op in WIDTH_OPS:
+        for key in ("d_model", "ffn_dim", "n_heads", "n_kv_heads"):
+            value = getattr(g, key)
+            if value is not None:
+                shape[key] = value
+        if g.factor is not None:
+            shape.setdefault("d_model", prev.d_model * g.factor)
+            shape.setdefault("ffn_dim", prev.hidden_dim * g.factor)
+            shape.setdefault("n_heads", prev.n_heads * g.factor)
+            if prev.n_kv_heads is not None:
+                shape.setdefault("n_kv_heads", prev.n_kv_heads * g.factor)
+        if not shape and spec.d_model is None:
+            raise GrowlmError(f"{where}.grow: '{g.op}' needs d_model or factor")
+    elif g.op == "reuse":
+        # a fresh deep model of the final shape; only embeddings/head (and layer-0 parts) carry over
+        shape = {k: getattr(base, k) for k in SHAPE_KEYS}
+        shape["ffn_dim"] = base.ffn_dim
+    return shape
+
+
+def _stage_length(spec, tokens_per_step: int, where: str) -> tuple[int, int]:
+    if spec.steps is not None and spec.tokens is not None:
+        raise GrowlmError(f"{where}: set tokens or steps, not both")
+    if spec.steps is not None:
+        steps = spec.steps
+    elif spec.tokens is not None:
+        steps = math.ceil(spec.tokens / tokens_per_step)
+    else:
+        raise GrowlmError(f"{where}: set the stage length with tokens or steps")
+    if spec.schedule_steps is not None:
+        horizon = spec.schedule_steps
+    elif spec.schedule_tokens is not None:
+        horizon = math.ceil(spec.schedule_tokens / tokens_per_step)
+    else:
+        horizon = steps
+    if horizon < steps:
+        raise GrowlmError(f"{where}: the schedule horizon ({horizon} steps) is shorter than the stage ({steps} steps)")
+    return steps, horizon
+
+
+def resolve_stages(cfg, source: str = "recipe") -> list[ResolvedStage]:
+    """Validate the stage list against the final `[model]` shape and return resolved stages."""
+    base: ModelConfig = cfg.model
+    tokens_per_step = cfg.train.global_batch_tokens
+    seq_len = cfg.data.seq_len
+    if tokens_per_step % seq_len:
+        raise GrowlmError(
+            f"{source}: train.global_batch_tokens ({tokens_per_step}) must be a multiple of data.seq_len ({seq_len})"
+        )
+    if seq_len > base.max_seq_len:
+        raise GrowlmError(
+            f"{source}: data.seq_len ({seq_len}) is larger than model.max_seq_len ({base.max_seq_len})"
+        )
+    resolved: list[ResolvedStage] = []
+    prev: ModelConfig | None = None
+    for i, spec in enumerate(cfg.stage):
+        where = f"{source}: stage.{i + 1}"
+        overrides = {k: getattr(spec, k) for k in SHAPE_KEYS if getattr(spec, k) is not None}
+        if spec.grow is not None:
+            if prev is None:
+                raise GrowlmError(f"{where}.grow: the first stage has nothing to grow from (use init = ... to start from a checkpoint)")
+            shape = {**_grown_shape(prev, base, spec, where), **overrides}
+            fields = {**prev.model_dump(), **shape}
+            if spec.grow.op in DEPTH_OPS and fields["n_layers"] <= prev.n_layers:
+                raise GrowlmError(
+                    f"{where}.grow: '{spec.grow.op}' must add layers, but {prev.n_layers} → {fields['n_layers']}"
+                )
+        elif prev is None:
+            fields = {**base.model_dump(), **overrides}
+        else:
+            changed = {k: v for k, v in overrides.items() if getattr(prev, k) != v}
+            if changed:
+                raise GrowlmError(f"{where}: changes the shape ({', '.join(changed)}) without a grow op")
+            fields = prev.model_dump()
+        try:
+            model = ModelConfig(**fields)
+        except Exception as e:  # pydantic ValidationError: keep it one line
+            msg = getattr(e, "errors", lambda: [{"msg": str(e)}])()[0]["msg"]
+            raise GrowlmError(f"{where}: impossible shape: {msg.removeprefix('Value error, ')}") from None
+        if spec.grow is not None:
+            from growlm.grow import check_growth
+
+            check_growth(prev, model, spec.grow, where)
+        steps, horizon = _stage_length(spec, tokens_per_step, where)
+        if spec.adapters is not None and spec.adapters.reset_every is not None and spec.adapters.reset_every > steps:
+            raise GrowlmError(
+                f"{where}.adapters.reset_every: {spec.adapters.reset_every} steps is longer than the stage ({steps} steps)"
+            )
+        stage = ResolvedStage(
+            index=i,
+            name=spec.name or f"stage{i + 1}",
+            model=model,
+            steps=steps,
+            schedule_steps=horizon,
+            lr=spec.lr or cfg.optim.lr,
+            warmup_steps=cfg.schedule.warmup_steps if spec.warmup_steps is None else spec.warmup_steps,
+            min_lr_ratio=cfg.schedule.min_lr_ratio if spec.min_lr_ratio is None else spec.min_lr_ratio,
+            schedule=spec.schedule or cfg.schedule.kind,
+            optimizer=spec.optimizer or cfg.optim.name,
+            spec=spec,
+            _tokens_per_step=tokens_per_step,
+        )
+        resolved.append(stage)
+        prev = model
+    final = resolved[-1].model
+    mismatch = [k for k in SHAPE_KEYS if getattr(final, k) != getattr(base, k)]
+    if mismatch:
+        detail = ", ".join(f"{k} {getattr(final, k)} vs {getattr(base, k)}" for k in mismatch)
+        raise GrowlmError(f"{source}: the last stage's shape does not match [model] ({detail})")
+    names = [s.name for s in resolved]
+    if len(set(names)) != len(names):
+        raise GrowlmError(f"{source}: stage names must be unique, got {names}")
+    return resolved
