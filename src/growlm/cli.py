@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 SUBCOMMANDS = {
@@ -43,15 +42,7 @@ def build_parser(available: dict) -> argparse.ArgumentParser:
 
 
 def _available() -> dict:
-    out = {}
-    for name, (module, help_text) in SUBCOMMANDS.items():
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if found:
-            out[name] = (module, help_text)
-    return out
+    return dict(SUBCOMMANDS)
 
 
 def main(argv: list[str] | None = None) -> int:

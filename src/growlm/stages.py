@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from growlm.errors import GrowlmError
 from growlm.model.config import ModelConfig
 
@@ -142,18 +144,25 @@ def resolve_stages(cfg, source: str = "recipe") -> list[ResolvedStage]:
             fields = prev.model_dump()
         try:
             model = ModelConfig(**fields)
-        except Exception as e:  # pydantic ValidationError: keep it one line
-            msg = getattr(e, "errors", lambda: [{"msg": str(e)}])()[0]["msg"]
+        except ValidationError as e:  # keep it one line
+            msg = e.errors()[0]["msg"]
             raise GrowlmError(f"{where}: impossible shape: {msg.removeprefix('Value error, ')}") from None
         if spec.grow is not None:
             from growlm.grow import check_growth
 
             check_growth(prev, model, spec.grow, where)
         steps, horizon = _stage_length(spec, tokens_per_step, where)
-        if spec.adapters is not None and spec.adapters.reset_every is not None and spec.adapters.reset_every > steps:
-            raise GrowlmError(
-                f"{where}.adapters.reset_every: {spec.adapters.reset_every} steps is longer than the stage ({steps} steps)"
-            )
+        if spec.adapters is not None:
+            if spec.adapters.full_rank_steps:
+                raise GrowlmError(f"{where}.adapters.full_rank_steps: give the full-rank warm start its own "
+                                  "stage before the adapter stage (same shape, no adapters)")
+            if spec.adapters.kind == "relora":
+                from growlm.adapters.relora import check_relora
+
+                try:
+                    check_relora(spec.adapters, steps)
+                except GrowlmError as e:
+                    raise GrowlmError(f"{where}.{e}") from None
         stage = ResolvedStage(
             index=i,
             name=spec.name or f"stage{i + 1}",

@@ -1,0 +1,39 @@
+"""`growlm train RECIPE.toml [--set key=value ...] [--resume]`."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("recipe", help="TOML recipe")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value, e.g. --set optim.lr=1e-3 --set stage.2.tokens=20M")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    parser.add_argument("--out", help="run directory (overrides run.out_dir)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or stage log")
+
+
+def run(args) -> int:
+    from growlm.config import load_recipe
+    from growlm.train.distributed import maybe_init_distributed
+    from growlm.train.trainer import Stopped, Trainer
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"run.out_dir={json.dumps(args.out)}")
+    cfg = load_recipe(args.recipe, overrides)
+    dist = maybe_init_distributed(cfg)
+    try:
+        trainer = Trainer(cfg, resume=args.resume, dist=dist, quiet=args.quiet)
+        try:
+            summary = trainer.run()
+        except Stopped as e:
+            print(str(e))
+            return 143
+        if trainer.rank == 0:
+            print(json.dumps(summary, indent=1))
+        return 0
+    finally:
+        if dist is not None:
+            dist.close()
