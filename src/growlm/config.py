@@ -128,7 +128,8 @@ class StageConfig(_Strict):
     init: str | None = None  # external growlm checkpoint/run or HF Llama folder
     freeze: list[str] = []
     adapters: AdapterSpec | None = None
-    tokens: int | None = None
+    # "auto": Gstack's growth timing rule, from the final model's size and `schedule_tokens`
+    tokens: int | Literal["auto"] | None = None
     steps: int | None = Field(None, gt=0)
     schedule_tokens: int | None = None  # plan the LR schedule over a longer horizon than run
     schedule_steps: int | None = Field(None, gt=0)
@@ -143,7 +144,7 @@ class StageConfig(_Strict):
     @field_validator("tokens", "schedule_tokens", mode="before")
     @classmethod
     def _count(cls, v: Any) -> Any:
-        if v is None:
+        if v is None or v == "auto":
             return v
         try:
             n = parse_count(v, "tokens")

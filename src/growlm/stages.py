@@ -8,6 +8,7 @@ optimizer settings. The trainer and the planner read only these resolved stages.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -88,11 +89,27 @@ def _grown_shape(prev: ModelConfig, base: ModelConfig, spec, where: str) -> dict
     return shape
 
 
-def _stage_length(spec, tokens_per_step: int, where: str) -> tuple[int, int]:
+def _auto_tokens(spec, next_spec, base: ModelConfig, where: str) -> int:
+    """Gstack's growth timing: how long to train the small model before stacking it."""
+    if next_spec is None or next_spec.grow is None or next_spec.grow.op != "stack":
+        raise GrowlmError(f"{where}.tokens: 'auto' is Gstack's growth timing and needs the next stage to stack")
+    if spec.schedule_tokens is None:
+        raise GrowlmError(f"{where}.tokens: 'auto' needs schedule_tokens (the whole run's token budget D)")
+    from growlm.plan.gstack import gstack_timing
+
+    timing = gstack_timing(base.params_total, spec.schedule_tokens)
+    if timing.get("warning"):
+        warnings.warn(f"{where}: Gstack timing: {timing['warning']}", stacklevel=3)
+    return timing["growth_tokens"]
+
+
+def _stage_length(spec, tokens_per_step: int, where: str, auto_tokens: int | None = None) -> tuple[int, int]:
     if spec.steps is not None and spec.tokens is not None:
         raise GrowlmError(f"{where}: set tokens or steps, not both")
     if spec.steps is not None:
         steps = spec.steps
+    elif spec.tokens == "auto":
+        steps = math.ceil(auto_tokens / tokens_per_step)
     elif spec.tokens is not None:
         steps = math.ceil(spec.tokens / tokens_per_step)
     else:
@@ -151,7 +168,11 @@ def resolve_stages(cfg, source: str = "recipe") -> list[ResolvedStage]:
             from growlm.grow import check_growth
 
             check_growth(prev, model, spec.grow, where)
-        steps, horizon = _stage_length(spec, tokens_per_step, where)
+        auto = None
+        if spec.tokens == "auto":
+            nxt = cfg.stage[i + 1] if i + 1 < len(cfg.stage) else None
+            auto = _auto_tokens(spec, nxt, base, where)
+        steps, horizon = _stage_length(spec, tokens_per_step, where, auto)
         if spec.adapters is not None:
             if spec.adapters.full_rank_steps:
                 raise GrowlmError(f"{where}.adapters.full_rank_steps: give the full-rank warm start its own "

@@ -17,6 +17,41 @@ from torch import nn
 from growlm.model.config import ModelConfig
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    """RMSNorm with a hand-written backward.
+
+    Same forward as HF (normalise in fp32, cast back, then scale by the weight). The composite
+    version keeps the normalised output as well as the input for its backward and makes more
+    full-size passes over the activations; this one keeps the input and the per-row scale and
+    recomputes the rest. A frozen norm weight gets no gradient computation.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        xf = _at_least_fp32(x)
+        rstd = xf.square().mean(-1, keepdim=True).add_(eps).rsqrt_()
+        ctx.save_for_backward(x, weight, rstd)
+        return (xf * rstd).to(x.dtype) * weight
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        normed = _at_least_fp32(x) * rstd
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = (grad * normed.to(x.dtype)).flatten(0, -2).sum(0).to(weight.dtype)
+        if ctx.needs_input_grad[0]:
+            # d/dx of x·rstd(x): rstd·(g − x̂·mean(g·x̂)), with g the gradient w.r.t. x̂.
+            grad_normed = _at_least_fp32(grad * weight)
+            dot = (grad_normed * normed).mean(-1, keepdim=True)
+            grad_x = torch.addcmul(grad_normed, normed, dot, value=-1).mul_(rstd).to(x.dtype)
+        return grad_x, grad_weight, None
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -25,7 +60,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in fp32 (as HF does) so bf16 activations keep their precision here.
-        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
+        return _RMSNormFunction.apply(x, self.weight, self.eps)
 
 
 def rope_tables(cfg: ModelConfig, seq_len: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,10 +74,36 @@ def rope_tables(cfg: ModelConfig, seq_len: int, device=None) -> tuple[torch.Tens
     return emb.cos(), emb.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def _swap_halves(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    return torch.cat((x[..., half:], x[..., :half]), dim=-1)
+
+
+class _RopeFunction(torch.autograd.Function):
+    """x·cos + swap_halves(x)·sin_signed, where sin_signed = (−sin₁, sin₂) folds HF's negation.
+
+    Rotation is linear in x, so the backward is the transposed rotation of the gradient and
+    nothing needs saving but the tables. Autograd's version of HF's formulation pays a zero-fill
+    and a copy per slice in the backward, plus the negation, in both directions.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor):
+        ctx.save_for_backward(cos, sin_signed)
+        return torch.addcmul(x * cos, _swap_halves(x), sin_signed)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        cos, sin_signed = ctx.saved_tensors
+        # swap_halves is its own inverse and transpose.
+        return torch.addcmul(_swap_halves(grad * sin_signed), grad, cos), None, None
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (..., seq, head_dim) by the HF-layout tables cos/sin (seq, head_dim)."""
+    half = sin.shape[-1] // 2
+    sin_signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    return _RopeFunction.apply(x, cos.to(x.dtype), sin_signed.to(x.dtype))
 
 
 class Attention(nn.Module):
@@ -57,13 +118,18 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         bsz, seq, _ = x.shape
-        q = self.q_proj(x).view(bsz, seq, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(bsz, seq, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(bsz, seq, self.n_kv, self.head_dim).transpose(1, 2)
-        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # RoPE runs in the (batch, seq, heads, head_dim) layout the projections produce, so its
+        # elementwise passes read contiguous memory; tables broadcast over heads.
+        cos, sin = cos[:, None], sin[:, None]
+        q = apply_rope(self.q_proj(x).view(bsz, seq, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(self.k_proj(x).view(bsz, seq, self.n_kv, self.head_dim), cos, sin)
+        v = self.v_proj(x).view(bsz, seq, self.n_kv, self.head_dim)
         out = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            is_causal=True,
+            enable_gqa=self.n_kv != self.n_heads,
         )
         return self.o_proj(out.transpose(1, 2).reshape(bsz, seq, -1))
 
@@ -112,7 +178,8 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(cfg, cfg.max_seq_len)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.init_weights()
+        if self.rope_cos.device.type != "meta":  # a meta model is only a shape; init after to_empty
+            self.init_weights()
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:

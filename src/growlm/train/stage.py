@@ -180,11 +180,12 @@ class StageRuntime:
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, clip)
         loss_f, gn_f = float(loss_val), float(grad_norm)
-        if stage_step == 0 or self.mem["measured_peak_bytes"] == 0:
-            self.mem["measured_peak_bytes"] = self._measure_memory()
         if math.isfinite(loss_f) and math.isfinite(gn_f):
             self.opt.step()
             t.counters.bad_steps = 0
+            if self.mem["measured_peak_bytes"] == 0 or t.device.type == "cuda":
+                # after the step, before zero_grad: weights, gradients and optimizer state all live
+                self.mem["measured_peak_bytes"] = self._measure_memory()
         else:
             t.counters.bad_steps += 1
             t.counters.skipped_steps += 1

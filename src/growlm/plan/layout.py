@@ -1,0 +1,169 @@
+"""The network as an ordered list of weights, and which of them train in a stage.
+
+FLOP and memory accounting both need to know, for every weight, where it sits in the forward
+pass and whether anything trainable lies before it. The order is the network's data flow:
+
+    embedding < layer 0 < layer 1 < ... < final norm < head
+
+and inside a layer (pre-norm block):
+
+    input_layernorm < {q, k, v}_proj < attention core < o_proj
+        < post_attention_layernorm < {gate, up}_proj < down_proj
+
+Weights that read the same input (q/k/v, gate/up) share a slot: none of them is upstream of
+another. The attention core (QKᵀ and AV) sits between the q/k/v slot and o_proj.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from growlm.errors import GrowlmError
+from growlm.model.config import ModelConfig
+
+SLOTS_PER_LAYER = 6  # input norm, qkv, o, post norm, gate/up, down
+_ATTN = {"q_proj": 1, "k_proj": 1, "v_proj": 1, "o_proj": 2}
+_MLP = {"gate_proj": 4, "up_proj": 4, "down_proj": 5}
+
+
+@dataclass(frozen=True)
+class Weight:
+    name: str  # module path + ".weight" (the head of a tied model is "lm_head.weight")
+    param: str  # the parameter that holds it (differs from `name` only for a tied head)
+    kind: str  # "embedding" | "linear" | "norm"
+    slot: int  # position in the forward pass; weights reading the same input share a slot
+    shape: tuple[int, ...]  # (out, in) for linears, (dim,) for norms, (vocab, d) for the embedding
+    layer: int | None = None
+
+    @property
+    def params(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def module(self) -> str:
+        return self.name.removesuffix(".weight")
+
+
+def layer_base(i: int) -> int:
+    """Slot of layer i's input norm (the embedding is slot 0)."""
+    return 1 + SLOTS_PER_LAYER * i
+
+
+def network_weights(cfg: ModelConfig) -> list[Weight]:
+    """Every weight in forward order; a tied head appears twice (as lookup and as matmul)."""
+    d, f, hd = cfg.d_model, cfg.hidden_dim, cfg.head_dim
+    q_out, kv_out = cfg.n_heads * hd, cfg.kv_heads * hd
+    out = [Weight("embed_tokens.weight", "embed_tokens.weight", "embedding", 0, (cfg.vocab_size, d))]
+    shapes = {"q_proj": (q_out, d), "k_proj": (kv_out, d), "v_proj": (kv_out, d),
+              "o_proj": (d, q_out), "gate_proj": (f, d), "up_proj": (f, d), "down_proj": (d, f)}
+    for i in range(cfg.n_layers):
+        base = layer_base(i)
+        p = f"layers.{i}."
+        out.append(Weight(p + "input_layernorm.weight", p + "input_layernorm.weight", "norm",
+                          base, (d,), i))
+        for name, off in _ATTN.items():
+            n = f"{p}self_attn.{name}.weight"
+            out.append(Weight(n, n, "linear", base + off, shapes[name], i))
+        if cfg.block == "full":
+            n = p + "post_attention_layernorm.weight"
+            out.append(Weight(n, n, "norm", base + 3, (d,), i))
+            for name, off in _MLP.items():
+                n = f"{p}mlp.{name}.weight"
+                out.append(Weight(n, n, "linear", base + off, shapes[name], i))
+    end = layer_base(cfg.n_layers)
+    out.append(Weight("norm.weight", "norm.weight", "norm", end, (d,)))
+    head_param = "embed_tokens.weight" if cfg.tie_embeddings else "lm_head.weight"
+    out.append(Weight("lm_head.weight", head_param, "linear", end + 1, (cfg.vocab_size, d)))
+    return out
+
+
+def parameter_names(cfg: ModelConfig) -> list[str]:
+    """Parameter names as the trainer lists them (`named_parameters(remove_duplicate=False)`):
+    a tied head appears under both of its names."""
+    return [w.name for w in network_weights(cfg)]
+
+
+def linear_module_name(key: str) -> str:
+    """Accept `x.q_proj`, `x.q_proj.weight` or `x.q_proj.lora_A` and return `x.q_proj`."""
+    for suffix in (".weight", ".lora_A", ".lora_B", ".lora_A.weight", ".lora_B.weight"):
+        if key.endswith(suffix):
+            return key[: -len(suffix)]
+    return key
+
+
+class Trainability:
+    """Which weights train (or carry a trainable adapter) in one stage, and where grads flow.
+
+    `frozen` holds parameter names; a tied embedding/head is frozen only when both of its names
+    are (as in `growlm.freeze`). A linear that carries an adapter is frozen. `adapters` maps a linear's module name to its adapter parameter count; an int
+    gives only the total, placed conservatively at the earliest frozen linear (the earliest
+    linear if none is frozen), which is where adapters on frozen linears begin in practice.
+    """
+
+    def __init__(self, cfg: ModelConfig, frozen: set[str] | frozenset[str],
+                 adapters: dict[str, int] | int | None = None):
+        self.cfg = cfg
+        self.weights = network_weights(cfg)
+        known = {w.param for w in self.weights} | {w.name for w in self.weights}
+        unknown = sorted(set(frozen) - known)
+        if unknown:
+            raise GrowlmError(
+                f"frozen parameters not in a {cfg.n_layers}-layer model: {', '.join(unknown[:5])}"
+                + (" ..." if len(unknown) > 5 else "")
+            )
+        frozen = set(frozen)
+        tied = {"embed_tokens.weight", "lm_head.weight"}
+        if cfg.tie_embeddings and not tied <= frozen:
+            # as growlm.freeze does: a tied tensor freezes only when both of its uses do
+            frozen -= tied
+        self.frozen = frozen
+        self.by_module = {w.module: w for w in self.weights if w.kind == "linear"}
+        self.adapter_params = self._place_adapters(adapters)
+        if isinstance(adapters, dict):
+            # LoRA trains only A and B: growlm.adapters freezes every wrapped weight, also
+            # with on="all" where the weight was trainable before.
+            for module, n in self.adapter_params.items():
+                if n:
+                    self.frozen |= {self.by_module[module].name, self.by_module[module].param}
+        slots = [w.slot for w in self.weights if self.trainable(w)]
+        slots += [self.by_module[m].slot for m, n in self.adapter_params.items() if n > 0]
+        self.first_active_slot = min(slots) if slots else math.inf
+
+    def _place_adapters(self, adapters: dict[str, int] | int | None) -> dict[str, int]:
+        if not adapters:
+            return {}
+        linears = self.by_module
+        if isinstance(adapters, int):
+            if adapters < 0:
+                raise GrowlmError(f"adapter parameter count must be ≥ 0, got {adapters}")
+            ordered = sorted(linears.values(), key=lambda w: w.slot)
+            frozen = [w for w in ordered if not self.trainable(w)]
+            return {(frozen or ordered)[0].module: adapters}
+        placed: dict[str, int] = {}
+        for key, count in adapters.items():
+            module = linear_module_name(key)
+            if module not in linears:
+                raise GrowlmError(f"adapter on {key!r}: no such linear in the model")
+            if count < 0:
+                raise GrowlmError(f"adapter on {key!r}: parameter count must be ≥ 0, got {count}")
+            placed[module] = placed.get(module, 0) + int(count)
+        return placed
+
+    def trainable(self, w: Weight) -> bool:
+        return w.param not in self.frozen and w.name not in self.frozen
+
+    def adapted(self, w: Weight) -> bool:
+        return self.adapter_params.get(w.module, 0) > 0
+
+    def active(self, w: Weight) -> bool:
+        """Its own weight or its adapter needs a gradient."""
+        return self.trainable(w) or self.adapted(w)
+
+    def grad_reaches(self, slot: float) -> bool:
+        """Something trainable lies strictly before `slot`, so the gradient must flow there."""
+        return self.first_active_slot < slot
+
+    def adapter_rank(self, w: Weight) -> int:
+        """Rank implied by an adapter's size on this linear (r·(in+out) parameters)."""
+        return math.ceil(self.adapter_params.get(w.module, 0) / sum(w.shape))

@@ -1,0 +1,101 @@
+"""Model-state bytes, parameter and adapter counts, and the activation estimate."""
+
+import pytest
+import torch
+
+from growlm.config import AdapterSpec
+from growlm.errors import GrowlmError
+from growlm.model.config import ModelConfig
+from growlm.model.llama import Transformer, cross_entropy
+from growlm.plan.layout import parameter_names
+from growlm.plan.memory import (
+    activation_bytes,
+    adapter_params,
+    adapter_params_by_linear,
+    model_state_bytes,
+    param_counts,
+)
+
+CFG = ModelConfig(vocab_size=256, d_model=64, n_layers=4, n_heads=4, max_seq_len=64)
+NAMES = parameter_names(CFG)
+LOWER = {"embed_tokens.weight"} | {n for n in NAMES if n.startswith(("layers.0.", "layers.1."))}
+
+
+def test_model_state_bytes():
+    assert model_state_bytes(10, 100, 3) == 16 * 10 + 2 * 100 + 16 * 3
+    with pytest.raises(GrowlmError, match="frozen parameter count"):
+        model_state_bytes(1, -1)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_param_counts_match_the_model(tied):
+    cfg = CFG.with_(tie_embeddings=tied)
+    model = Transformer(cfg)
+    counts = param_counts(cfg, {"embed_tokens.weight", "lm_head.weight"})
+    assert counts["total"] == sum(p.numel() for p in model.parameters()) == cfg.params_total
+    assert counts["head"] == (0 if tied else cfg.vocab_size * cfg.d_model)
+    assert counts["layers"] == cfg.params_layers and counts["norm"] == cfg.d_model
+    assert counts["frozen"] == cfg.params_embedding + cfg.params_head
+    assert counts["trainable"] == cfg.params_total - counts["frozen"]
+    # as in growlm.freeze: a tied tensor freezes only when both of its names are frozen
+    one = param_counts(cfg, {"embed_tokens.weight"})
+    assert one["frozen"] == (0 if tied else cfg.params_embedding)
+
+
+def test_adapter_params_counts_rank_times_in_plus_out():
+    d, f, r = CFG.d_model, CFG.hidden_dim, 8
+    spec = AdapterSpec(rank=r)  # default targets: q, k, v, o, gate, up, down; on frozen linears
+    per_layer = r * (4 * 2 * d + 3 * (d + f))
+    assert adapter_params(CFG, spec, LOWER) == 2 * per_layer  # layers 0 and 1 are frozen
+    assert adapter_params(CFG, spec, set()) == 0
+    assert adapter_params(CFG, spec.model_copy(update={"on": "all"}), set()) == 4 * per_layer
+    only_q = adapter_params_by_linear(CFG, AdapterSpec(rank=r, targets=["*.q_proj"]), LOWER)
+    assert only_q == {"layers.0.self_attn.q_proj": 2 * r * d, "layers.1.self_attn.q_proj": 2 * r * d}
+    assert adapter_params(CFG, None, LOWER) == 0
+
+
+def test_adapter_params_with_gqa():
+    cfg = CFG.with_(n_kv_heads=2)
+    spec = AdapterSpec(rank=4, targets=["layers.0.self_attn.k_proj"], on="all")
+    assert adapter_params(cfg, spec, set()) == 4 * (64 + 2 * 16)
+
+
+def _saved_bytes(cfg: ModelConfig, frozen: set[str], batch: int, seq: int) -> int:
+    """Bytes autograd keeps for the backward (unique storages that are not parameters)."""
+    model = Transformer(cfg)
+    for n, p in model.named_parameters():
+        p.requires_grad_(n not in frozen)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            kept[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    tokens = torch.randint(0, cfg.vocab_size, (batch, seq))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        cross_entropy(model(tokens), tokens)
+    return sum(kept.values())
+
+
+@pytest.mark.parametrize("frozen", [set(), {"embed_tokens.weight", "lm_head.weight"}, LOWER])
+def test_activation_estimate_tracks_what_autograd_keeps(frozen):
+    batch, seq = 4, 64
+    measured = _saved_bytes(CFG, frozen, batch, seq)
+    estimate = activation_bytes(CFG, batch, seq, frozen, bytes_per_activation=4)  # fp32 on CPU
+    assert 0.8 < estimate / measured < 1.25
+
+
+def test_activation_estimate_structure():
+    full = activation_bytes(CFG, 2, 64, set())
+    lower = activation_bytes(CFG, 2, 64, LOWER)
+    ckpt = activation_bytes(CFG, 2, 64, set(), checkpointing=True)
+    assert lower < full  # frozen bottom layers that no gradient reaches keep nothing
+    assert ckpt < full
+    assert activation_bytes(CFG, 4, 64, set()) == 2 * activation_bytes(CFG, 2, 64, set())
+    eager = activation_bytes(CFG, 2, 64, set(), fused_attention=False)
+    assert eager - full == CFG.n_layers * 2 * CFG.n_heads * 64 * 64 * 2
+    with pytest.raises(GrowlmError, match="micro-batch"):
+        activation_bytes(CFG, 0, 64, set())
