@@ -42,6 +42,24 @@ class ResolvedStage:
     _tokens_per_step: int = 0
 
 
+def external_model_config(path: str, where: str) -> ModelConfig:
+    """The shape of an external init (growlm run/checkpoint or HF Llama folder), read cheaply."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if (p / "config.json").is_file() and not (p / "meta.json").is_file():
+        from growlm.model.hf import from_hf_config
+
+        return from_hf_config(json.loads((p / "config.json").read_text()))
+    from growlm.train.checkpoint import read_meta, resolve_checkpoint
+
+    try:
+        return ModelConfig(**read_meta(resolve_checkpoint(p))["model"])
+    except GrowlmError as e:
+        raise GrowlmError(f"{where}: {e}") from None
+
+
 def _grown_shape(prev: ModelConfig, base: ModelConfig, spec, where: str) -> dict:
     """The shape fields a growth op produces from `prev` (before explicit overrides)."""
     g = spec.grow
@@ -144,6 +162,8 @@ def resolve_stages(cfg, source: str = "recipe") -> list[ResolvedStage]:
         where = f"{source}: stage.{i + 1}"
         overrides = {k: getattr(spec, k) for k in SHAPE_KEYS if getattr(spec, k) is not None}
         if spec.grow is not None:
+            if prev is None and spec.init is not None:
+                prev = external_model_config(spec.init, f"{where}.init")
             if prev is None:
                 raise GrowlmError(f"{where}.grow: the first stage has nothing to grow from (use init = ... to start from a checkpoint)")
             shape = {**_grown_shape(prev, base, spec, where), **overrides}
