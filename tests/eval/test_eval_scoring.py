@@ -1,0 +1,64 @@
+import torch
+
+from growlm.eval.scoring import score_requests
+
+
+def naive(model, ctx, cont, max_length):
+    """Reference: one unpadded forward, full log-softmax, lm-eval's truncation."""
+    whole = (list(ctx) + list(cont))[-(max_length + 1):]
+    inp = torch.tensor(whole[:-1])[None]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(inp)[0].float(), -1)
+    n = min(len(cont), len(whole) - 1)
+    pos = range(len(whole) - 1 - n, len(whole) - 1)
+    targets = whole[-n:]
+    ll = sum(float(logp[p, t]) for p, t in zip(pos, targets))
+    greedy = all(int(logp[p].argmax()) == t for p, t in zip(pos, targets))
+    return ll, greedy
+
+
+def random_requests(n, vocab, gen):
+    out = []
+    for _ in range(n):
+        c = torch.randint(1, 40, (1,), generator=gen).item()
+        k = torch.randint(1, 8, (1,), generator=gen).item()
+        out.append((torch.randint(0, vocab, (c,), generator=gen).tolist(),
+                     torch.randint(0, vocab, (k,), generator=gen).tolist()))
+    return out
+
+
+def test_batched_scores_equal_one_at_a_time(make_model):
+    model = make_model(vocab_size=97, max_seq_len=32)
+    gen = torch.Generator().manual_seed(1)
+    reqs = random_requests(23, 97, gen)  # some longer than 32 tokens: left-truncated
+    reqs.append(reqs[3])  # a duplicate is scored once but reported twice
+    got = score_requests(model, reqs, batch_size=5)
+    for (ctx, cont), (ll, greedy) in zip(reqs, got):
+        ref_ll, ref_greedy = naive(model, ctx, cont, 32)
+        assert abs(ll - ref_ll) < 1e-3 * max(1.0, abs(ref_ll))
+        assert greedy == ref_greedy
+    assert got[-1] == got[3]
+
+
+def test_batch_size_and_token_budget_do_not_change_results(make_model):
+    model = make_model(vocab_size=97, max_seq_len=32)
+    reqs = random_requests(17, 97, torch.Generator().manual_seed(2))
+    a = score_requests(model, reqs, batch_size=1)
+    b = score_requests(model, reqs, batch_size=64, max_batch_tokens=100)
+    for (la, ga), (lb, gb) in zip(a, b):
+        assert abs(la - lb) < 1e-4 and ga == gb
+
+
+def test_greedy_flag_true_for_the_argmax_continuation(make_model):
+    model = make_model(vocab_size=97, max_seq_len=32)
+    ctx = [5, 17, 33]
+    with torch.no_grad():
+        best = int(model(torch.tensor([ctx]))[0, -1].argmax())
+    (_, greedy_best), (_, greedy_other) = score_requests(
+        model, [(ctx, [best]), (ctx, [(best + 1) % 97])])
+    assert greedy_best and not greedy_other
+
+
+def test_empty_continuation_scores_zero(make_model):
+    model = make_model(vocab_size=97, max_seq_len=32)
+    assert score_requests(model, [([1, 2], [])]) == [(0.0, True)]
