@@ -1,13 +1,16 @@
 """`growlm` command line. Each subcommand lives in its own module, imported only when used.
 
 A subcommand module defines `add_arguments(parser)` and `run(args) -> int`. A GrowlmError
-(bad input) becomes one line on stderr and exit code 2; Ctrl-C exits 130.
+(bad input) becomes one line on stderr and exit code 2; a full disk one line and exit code 1;
+Ctrl-C exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 
 SUBCOMMANDS = {
@@ -22,6 +25,9 @@ SUBCOMMANDS = {
     "sft": ("growlm.sft.cli", "supervised fine-tuning on instruction data"),
     "generate": ("growlm.sft.generate", "generate text from a checkpoint or HF folder"),
 }
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # one line, exit 1, like bad input
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"growlm {argv[0]}: interrupted", file=sys.stderr)
             return 130
+        except OSError as e:
+            if e.errno not in _DISK_FULL:
+                raise
+            where = f" while writing {e.filename}" if e.filename else ""
+            print(f"growlm {argv[0]}: error: {os.strerror(e.errno)}{where}; free some space and "
+                  "run again", file=sys.stderr)
+            return 1
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

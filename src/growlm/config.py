@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from growlm.errors import GrowlmError
 from growlm.model.config import ModelConfig
-from growlm.units import parse_count
+from growlm.units import parse_bytes, parse_count
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,8 +39,26 @@ class RunSection(_Strict):
     eval_tokens: int = Field(65536, gt=0)  # validation tokens per evaluation
     ckpt_every: int = Field(0, ge=0)  # steps; 0 = only at stage ends
     keep_last: int = Field(2, ge=1)
+    disk_budget: int | None = None  # bytes ("20GiB"): warn before training if checkpoints may not fit
     tensorboard: bool = False
     wandb: bool = False
+    # Multi-process runs (torchrun): how the model is replicated or sharded across ranks.
+    distributed: Literal["none", "ddp", "fsdp"] = "ddp"
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    dist_timeout_s: int = Field(600, gt=0)  # a collective waiting longer than this fails the run
+
+    @field_validator("disk_budget", mode="before")
+    @classmethod
+    def _bytes(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        try:
+            n = parse_bytes(v, "disk_budget")
+        except GrowlmError as e:
+            raise ValueError(str(e)) from None
+        if n <= 0:
+            raise ValueError("must be positive")
+        return n
 
 
 class DataSection(_Strict):
@@ -74,8 +92,12 @@ class OptimSection(_Strict):
 class TrainSection(_Strict):
     global_batch_tokens: int = Field(8192, gt=0)
     micro_batch_size: int = Field(4, gt=0)
-    nonfinite: Literal["skip", "stop"] = "skip"
+    # A non-finite loss or gradient: skip the step, reload the last checkpoint with a lower
+    # LR ("rollback"), or stop the run.
+    nonfinite: Literal["skip", "rollback", "stop"] = "skip"
     max_bad_steps: int = Field(10, gt=0)  # consecutive non-finite steps before stopping
+    rollback_lr_factor: float = Field(0.5, gt=0, le=1)  # LR multiplier per rollback in a stage
+    max_rollbacks: int = Field(3, gt=0)  # rollbacks within one stage before stopping
 
 
 GrowOp = Literal[

@@ -2,7 +2,7 @@
 
 Prepares the built-in corpus (the Python standard library's own sources, present on every
 installation), trains a tiny standard baseline and a tiny staged run (Gstack-style: a
-2-layer model stacked to 4 layers), and prints both side by side at their FLOPs.
+2-layer model stacked to 4 layers), and prints the equal-FLOP comparison table and writes the `growlm compare` report.
 """
 
 from __future__ import annotations
@@ -97,15 +97,14 @@ def run(args) -> int:
         cfg = load_recipe(recipe)
         resume = bool(ckpt.list_checkpoints(cfg.out_dir / "checkpoints"))
         summaries[name] = Trainer(cfg, resume=resume).run()
+    from growlm.report import format_table, write_report
+
+    runs = [out / "runs" / name for name in summaries]
     print()
-    print(f"{'run':<10} {'val loss':>9} {'tokens':>10} {'FLOPs (exact)':>14} {'FLOPs (seed)':>13} {'tokens/s':>9}")
-    for name, s in summaries.items():
-        print(f"{name:<10} {s['val_loss']:>9.4f} {s['tokens']:>10,} {s['flops']:>14.3e} {s['flops_seed']:>13.3e} "
-              f"{s['tokens_per_s']:>9,.0f}")
-    base, staged = summaries["baseline"], summaries["staged"]
-    print(f"\nstaged/baseline FLOPs: {staged['flops'] / base['flops']:.2f}; "
-          f"val loss difference: {staged['val_loss'] - base['val_loss']:+.4f}")
-    print(f"runs, metrics.jsonl and checkpoints are under {out / 'runs'}; "
-          f"export one with: growlm export {out / 'runs' / 'staged'} hf-model/")
+    print(format_table(runs, baseline=runs[0]))
+    report = write_report(runs, baseline=runs[0], out=out / "report")
+    print(f"\nreport (markdown, HTML and plots): {report}")
+    print(f"runs, metrics.jsonl and checkpoints: {out / 'runs'}; export one with: "
+          f"growlm export {out / 'runs' / 'staged'} hf-model/")
     (out / "summary.json").write_text(json.dumps(summaries, indent=1))
     return 0

@@ -31,8 +31,8 @@ def tokenizer() -> Tokenizer:
 
 def build_model(vocab_size: int = 300, n_layers: int = 2, max_seq_len: int = 64,
                seed: int = 0, **kw) -> Transformer:
-    cfg = ModelConfig(vocab_size=vocab_size, d_model=32, n_layers=n_layers, n_heads=2,
-                      max_seq_len=max_seq_len, **kw)
+    cfg = ModelConfig(**{"vocab_size": vocab_size, "d_model": 32, "n_layers": n_layers,
+                         "n_heads": 2, "max_seq_len": max_seq_len, **kw})
     model = Transformer(cfg)
     model.init_weights(torch.Generator().manual_seed(seed))
     # Larger weights than the init make predictions peaked, so scores differ between choices.

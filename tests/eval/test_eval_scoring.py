@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from growlm.eval.scoring import score_requests
@@ -62,3 +63,44 @@ def test_greedy_flag_true_for_the_argmax_continuation(make_model):
 def test_empty_continuation_scores_zero(make_model):
     model = make_model(vocab_size=97, max_seq_len=32)
     assert score_requests(model, [([1, 2], [])]) == [(0.0, True)]
+
+
+def shared_context_requests(vocab, gen, n_questions=6, max_ctx=30):
+    out = []
+    for _ in range(n_questions):
+        ctx = torch.randint(0, vocab, (int(torch.randint(1, max_ctx, (1,), generator=gen)),),
+                            generator=gen).tolist()
+        for _ in range(int(torch.randint(1, 5, (1,), generator=gen))):
+            k = int(torch.randint(1, 7, (1,), generator=gen))
+            out.append((ctx, torch.randint(0, vocab, (k,), generator=gen).tolist()))
+    return out
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_kv_heads": 1, "n_heads": 4},
+                                {"block": "attn_only", "n_layers": 1}])
+def test_packed_choices_score_like_separate_rows(make_model, kw):
+    """Choices sharing a context go in one masked row; results must not change."""
+    model = make_model(vocab_size=97, max_seq_len=32, **kw)
+    reqs = shared_context_requests(97, torch.Generator().manual_seed(4))
+    packed = score_requests(model, reqs, batch_size=3)
+    plain = score_requests(model, reqs, batch_size=3, pack=False)
+    for (ctx, cont), (lp, gp), (lu, gu) in zip(reqs, packed, plain):
+        ref_ll, ref_greedy = naive(model, ctx, cont, 32)
+        assert abs(lp - lu) < 1e-3 * max(1.0, abs(lu)) and gp == gu
+        assert abs(lp - ref_ll) < 1e-3 * max(1.0, abs(ref_ll)) and gp == ref_greedy
+
+
+def test_non_growlm_model_uses_its_own_forward(make_model):
+    model = make_model(vocab_size=97, max_seq_len=32)
+
+    class Wrapped(torch.nn.Module):  # e.g. a compiled or distributed wrapper
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.cfg = inner, inner.cfg
+
+        def forward(self, tokens):
+            return self.inner(tokens)
+
+    reqs = shared_context_requests(97, torch.Generator().manual_seed(5))
+    for (a, ga), (b, gb) in zip(score_requests(Wrapped(model), reqs), score_requests(model, reqs)):
+        assert abs(a - b) < 1e-3 * max(1.0, abs(b)) and ga == gb

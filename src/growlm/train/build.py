@@ -26,7 +26,9 @@ def new_model(cfg: ModelConfig, seed: int, device: torch.device | str = "cpu") -
 
 def load_external(path: str, where: str) -> tuple[ModelConfig, dict]:
     """Weights to start a stage from: a growlm run/checkpoint or an HF Llama folder."""
-    p = Path(path)
+    from growlm.sweep import resolve_init  # "best:<sweep dir>" → that sweep's best checkpoint
+
+    p = Path(resolve_init(path, f"{where}.init"))
     if (p / "config.json").is_file() and not (p / "meta.json").is_file():
         from growlm.model.hf import load_hf_folder
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import warnings
 from pathlib import Path
 
@@ -49,14 +50,25 @@ _fault_hits: dict[str, int] = {}
 
 
 def fault(point: str) -> None:
-    """Test hook: GROWLM_FAULT=<point>[:N] kills the process the N-th time it passes here."""
+    """Test hook: GROWLM_FAULT=<point>[:N[:kill]] ends the process the N-th time it passes
+    here (only the rank GROWLM_FAULT_RANK when that is set): os._exit(17), or SIGKILL with
+    ":kill". Points: train_step (after backward, before the optimizer step), relora_merge
+    (before a ReLoRA merge-and-reset), checkpoint_mid_write, checkpoint_before_rename,
+    checkpoint_prune (an old checkpoint renamed aside, not yet deleted), stage_boundary (right
+    after a stage's boundary checkpoint)."""
     spec = os.environ.get("GROWLM_FAULT")
     if not spec:
         return
-    name, _, nth = spec.partition(":")
+    only = os.environ.get("GROWLM_FAULT_RANK")
+    if only is not None and only != os.environ.get("RANK", "0"):
+        return
+    name, _, rest = spec.partition(":")
+    nth, _, how = rest.partition(":")
     if name == point:
         _fault_hits[point] = _fault_hits.get(point, 0) + 1
         if _fault_hits[point] == int(nth or 1):
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
             os._exit(17)
 
 
@@ -64,33 +76,24 @@ def checkpoint_name(global_step: int) -> str:
     return f"step_{global_step:08d}"
 
 
-def save_checkpoint(ckpt_root: Path, global_step: int, model_state: dict, train_state: dict,
-                    meta: dict, tokenizer: Path | None = None) -> Path:
+def save_checkpoint(ckpt_root: Path, global_step: int, model_state: dict | None, train_state: dict,
+                    meta: dict, tokenizer: Path | None = None, *, tmp: Path | None = None,
+                    known_files: dict | None = None) -> Path:
+    """`tmp`/`known_files`: a temporary directory other ranks already wrote shards into, and
+    those shards' {relative path: {bytes, sha256}} (growlm.train.dcp); `model_state` is then None."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / checkpoint_name(global_step)
-    tmp = ckpt_root / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    # safetensors refuses aliased tensors (tied embeddings): store each name's own copy.
-    tensors, seen = {}, set()
-    for name, t in model_state.items():
-        t = t.detach().cpu().contiguous()
-        key = t.untyped_storage().data_ptr()
-        tensors[name] = t.clone() if key in seen else t
-        seen.add(key)
-    save_file(tensors, tmp / MODEL_FILE)
-    fault("checkpoint_mid_write")
-    torch.save(train_state, tmp / STATE_FILE)
-    if tokenizer is not None and Path(tokenizer).is_file():
-        shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
-    files = {}
-    for f in sorted(tmp.iterdir()):
-        _fsync(f)
-        files[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
-    meta = {"format": FORMAT, "version": 1, **meta, "files": files}
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-    _fsync(tmp / META_FILE)
+    if tmp is None:
+        tmp = ckpt_root / f".tmp-{final.name}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    try:
+        _write_files(tmp, model_state, train_state, meta, tokenizer, known_files)
+    except BaseException:  # e.g. a full disk: leave no half-written directory behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fault("checkpoint_before_rename")
     if final.exists():  # re-saving a step after resume: swap, never leave a gap with no copy
         trash = ckpt_root / f".old-{final.name}-{os.getpid()}"
         os.replace(final, trash)
@@ -100,6 +103,30 @@ def save_checkpoint(ckpt_root: Path, global_step: int, model_state: dict, train_
         os.replace(tmp, final)
     _fsync(ckpt_root)
     return final
+
+
+def _write_files(tmp: Path, model_state: dict | None, train_state: dict, meta: dict,
+                 tokenizer: Path | None, known_files: dict | None = None) -> None:
+    # safetensors refuses aliased tensors (tied embeddings): store each name's own copy.
+    tensors, seen = {}, set()
+    for name, t in (model_state or {}).items():
+        t = t.detach().cpu().contiguous()
+        key = t.untyped_storage().data_ptr()
+        tensors[name] = t.clone() if key in seen else t
+        seen.add(key)
+    if model_state is not None:
+        save_file(tensors, tmp / MODEL_FILE)
+    fault("checkpoint_mid_write")
+    torch.save(train_state, tmp / STATE_FILE)
+    if tokenizer is not None and Path(tokenizer).is_file():
+        shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
+    files = dict(known_files or {})
+    for f in sorted(p for p in tmp.iterdir() if p.is_file()):
+        _fsync(f)
+        files[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+    meta = {"format": FORMAT, "version": 1, **meta, "files": files}
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+    _fsync(tmp / META_FILE)
 
 
 def read_meta(ckpt: Path) -> dict:
@@ -127,7 +154,7 @@ def verify_checkpoint(ckpt: Path, check_hashes: bool = True) -> dict:
                 f"{f}: corrupted checkpoint file (size {f.stat().st_size}, expected {info['bytes']})")
         if check_hashes and _sha256(f) != info["sha256"]:
             raise GrowlmError(f"{f}: corrupted checkpoint file (checksum mismatch)")
-    if MODEL_FILE not in meta.get("files", {}):
+    if MODEL_FILE not in meta.get("files", {}) and "sharded" not in meta:
         raise GrowlmError(f"{ckpt}: incomplete checkpoint (no {MODEL_FILE})")
     return meta
 
@@ -159,9 +186,15 @@ def prune_checkpoints(ckpt_root: Path, keep_last: int) -> None:
                 continue
         except GrowlmError:
             pass
-        shutil.rmtree(old, ignore_errors=True)
-    for tmp in ckpt_root.glob(".tmp-*"):  # leftovers of a crash mid-write
-        shutil.rmtree(tmp, ignore_errors=True)
+        # Rename first: a crash halfway through rmtree must not leave a step_* directory that
+        # still has its meta.json but lost some of its files.
+        trash = ckpt_root / f".trash-{old.name}-{os.getpid()}"
+        os.replace(old, trash)
+        fault("checkpoint_prune")
+        shutil.rmtree(trash, ignore_errors=True)
+    for pattern in (".tmp-*", ".trash-*", ".old-*"):  # leftovers of a crash mid-write or mid-prune
+        for tmp in ckpt_root.glob(pattern):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _refuse_pickle(path: Path) -> None:
@@ -193,7 +226,12 @@ def load_model_state(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Ten
     ckpt = resolve_checkpoint(path)
     meta = verify_checkpoint(ckpt)
     try:
-        state = load_file(ckpt / MODEL_FILE)
+        if "sharded" in meta:  # torch.distributed.checkpoint shards of an FSDP run
+            from growlm.train.dcp import read_model_state
+
+            state = read_model_state(ckpt, meta)
+        else:
+            state = load_file(ckpt / MODEL_FILE)
     except (SafetensorError, OSError, ValueError) as e:
         raise GrowlmError(f"{ckpt / MODEL_FILE}: unreadable weights ({e})") from None
     try:
@@ -205,7 +243,9 @@ def load_model_state(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Ten
 
 def load_train_state(ckpt: Path) -> dict:
     try:
-        return torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickles before refusing them
+            warnings.simplefilter("ignore")
+            return torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise GrowlmError(f"{ckpt}: incomplete checkpoint (no {STATE_FILE})") from None
     except Exception as e:  # UnpicklingError for anything but plain tensors and containers

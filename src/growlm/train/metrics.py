@@ -46,7 +46,9 @@ class MetricsWriter:
         kept = []
         for r in read_metrics(path):
             if r.get("kind") == "stage":
-                if r["stage"] < stage or (r["stage"] == stage and r["event"] == "start"):
+                # a stage's end record stays when the checkpoint is that stage's boundary one
+                ended = r["event"] == "end" and r.get("step", global_step + 1) <= global_step
+                if r["stage"] < stage or (r["stage"] == stage and (r["event"] == "start" or ended)):
                     kept.append(r)
             elif r.get("step", 0) <= global_step:
                 kept.append(r)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import torch
@@ -10,6 +11,7 @@ import torch
 from growlm.errors import GrowlmError
 from growlm.model.llama import cross_entropy
 from growlm.train import build
+from growlm.train.checkpoint import fault
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # bf16 dense
 
@@ -37,6 +39,31 @@ def lr_factor(stage, spec, step: int) -> float:
     return schedule.warmup_cosine(step, stage.warmup_steps, stage.schedule_steps, stage.min_lr_ratio)
 
 
+class Rollback(Exception):
+    """A non-finite step under `train.nonfinite = "rollback"`: the trainer reloads the last
+    checkpoint. `position` is the loader position just past the offending batch."""
+
+    def __init__(self, stage: int, step: int, position: int):
+        super().__init__(f"non-finite loss/gradient at step {step}")
+        self.stage, self.step, self.position = stage, step, position
+
+
+def injected_nonfinite(global_step: int, done: set[int]) -> str | None:
+    """Test hook: GROWLM_FAULT_NAN="5,9:inf,12:grad" makes the loss NaN (or inf), or one
+    gradient NaN ("grad"), at those global steps (1-based). Each listed step is poisoned only
+    the first time a trainer reaches it (`done` records them), so a rollback that replays it
+    trains on."""
+    spec = os.environ.get("GROWLM_FAULT_NAN")
+    if not spec or global_step in done:
+        return None
+    for item in spec.split(","):
+        step, _, kind = item.strip().partition(":")
+        if step.isdigit() and int(step) == global_step:
+            done.add(global_step)
+            return kind or "nan"
+    return None
+
+
 def tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
 
@@ -50,11 +77,13 @@ class StageRuntime:
             path, meta, train_state = resume_state
             from growlm.train.checkpoint import load_model_state
 
-            _, state, _ = load_model_state(path)
+            # a sharded checkpoint is loaded after sharding, each rank reading its own slices
+            state = None if "sharded" in meta else load_model_state(path)[1]
             self.provenance = meta["provenance"]
             self.model = build.new_model(stage.model, seed)
             self._freeze_and_adapt(seed)
-            self.model.load_state_dict(state, strict=True)
+            if state is not None:
+                self.model.load_state_dict(state, strict=True)
             self.start_step = meta["stage_step"]
         else:
             state, self.provenance = build.initial_state(stage, prev, seed)
@@ -62,35 +91,53 @@ class StageRuntime:
             self.model.load_state_dict(state, strict=True)
             self._freeze_and_adapt(seed)
             self.start_step = 0
+        if cfg.run.activation_checkpointing:
+            from growlm.train.distributed import apply_activation_checkpointing
+
+            apply_activation_checkpointing(self.model)
+        if trainer.dist is not None:  # FSDP: shard before the optimizer sees the parameters
+            self.model = trainer.dist.prepare(self.model)
         self.model.to(trainer.device)
         self.model.train()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = build.build_optimizer(self.model, cfg.optim, stage.optimizer, stage.lr, trainer.device)
         self.opt_state_mode = "reset"
-        if resume_state is not None:
+        if resume_state is not None and "sharded" in resume_state[1]:
+            from growlm.train.dcp import load_sharded
+
+            load_sharded(*resume_state, self.model, self.opt)
+            trainer.loader.load_state_dict(resume_state[2]["loader"])
+            self.opt_state_mode = "restored"
+        elif resume_state is not None:
             self.opt.load_state_dict(resume_state[2]["optimizer"])
             trainer.loader.load_state_dict(resume_state[2]["loader"])
             self.opt_state_mode = "restored"
         elif self.spec.optimizer_state == "map" and prev is not None and getattr(trainer, "_last_opt", None):
             n = build.map_optimizer_state(self.opt, self.model, trainer._last_opt, self.provenance)
             self.opt_state_mode = f"mapped ({n} tensors)"
+        if trainer.dist is not None:  # full moments from a checkpoint or the last stage → shards
+            trainer.dist.localize_optimizer_state(self.opt)
         if resume_state is None and self.spec.data == "restart":
             trainer.loader.position = 0
         self.relora = None
         if self.spec.adapters is not None and self.spec.adapters.kind == "relora":
             from growlm.adapters.relora import ReLoRA
 
+            if trainer.dist is not None:  # FSDP prunes sharded optimizer state its own way
+                ReLoRA = trainer.dist.relora_class()  # noqa: N806
             self.relora = ReLoRA(self.model, self.opt, self.spec.adapters, stage_steps=stage.steps, seed=seed)
             if resume_state is not None and "relora" in resume_state[2]:
                 self.relora.load_state_dict(resume_state[2]["relora"])
-        self.compiled = self.model
+        self.compiled = self.model if trainer.dist is None else trainer.dist.wrap(self.model)
         if cfg.run.compile and trainer.device.type == "cuda":
             torch.compiler.reset()  # compile caches do not notice requires_grad changes
-            self.compiled = torch.compile(self.model)
-        if trainer.dist is not None:
-            self.compiled = trainer.dist.wrap(self.compiled, self)
+            self.compiled = torch.compile(self.compiled)
         if resume_state is not None:
             trainer._restore_rng(resume_state[2])
+        skip = getattr(trainer, "_skip_to", None)
+        if skip is not None and skip[0] == stage.index:  # after a rollback: pass the bad batch
+            trainer.loader.position = max(trainer.loader.position, skip[1])
+            trainer._skip_to = None
         self._account()
 
     # ------------------------------------------------------------------ build pieces
@@ -162,9 +209,10 @@ class StageRuntime:
 
     def step(self, stage_step: int) -> tuple[float, float, float]:
         t, cfg = self.t, self.t.cfg
-        factor = lr_factor(self.stage, self.spec, stage_step)
+        factor = lr_factor(self.stage, self.spec, stage_step) * t.counters.lr_scale_for(self.stage.index)
         for group in self.opt.param_groups:
             group["lr"] = self.stage.lr * factor
+        poison = injected_nonfinite(t.counters.global_step + 1, t.__dict__.setdefault("_poisoned", set()))
         loss_sum = torch.zeros((), device=t.device)
         for micro in range(t.accum):
             x, y = t.loader.next_batch(cfg.train.micro_batch_size)
@@ -172,8 +220,13 @@ class StageRuntime:
             sync = t.dist.no_sync(self.compiled, micro < t.accum - 1) if t.dist else _null()
             with sync, t.autocast():
                 loss = cross_entropy(self.compiled(x), y)
+                if poison in ("nan", "inf") and micro == 0:
+                    loss = loss * float(poison)
                 (loss / t.accum).backward()
             loss_sum += loss.detach()
+        if poison == "grad":
+            next(p for p in self.trainable if p.grad is not None).grad.view(-1)[0] = math.nan
+        fault("train_step")  # backward done, optimizer step not yet taken
         loss_val = (loss_sum / t.accum)
         if t.dist:
             loss_val = t.dist.mean(loss_val)
@@ -187,12 +240,19 @@ class StageRuntime:
                 # after the step, before zero_grad: weights, gradients and optimizer state all live
                 self.mem["measured_peak_bytes"] = self._measure_memory()
         else:
+            bad_step = t.counters.global_step + 1
+            if cfg.train.nonfinite == "stop":
+                raise GrowlmError(f"non-finite loss/gradient (loss {loss_f}, grad norm {gn_f}) at step {bad_step}; "
+                                  "stopped as train.nonfinite = 'stop' (lower the LR or check the data)")
+            if cfg.train.nonfinite == "rollback":
+                self.opt.zero_grad(set_to_none=True)
+                raise Rollback(self.stage.index, bad_step, t.loader.position)
             t.counters.bad_steps += 1
             t.counters.skipped_steps += 1
-            print(f"warning: non-finite loss/gradient at step {t.counters.global_step + 1}; step skipped")
-            if cfg.train.nonfinite == "stop" or t.counters.bad_steps >= cfg.train.max_bad_steps:
+            print(f"warning: non-finite loss/gradient at step {bad_step}; step skipped")
+            if t.counters.bad_steps >= cfg.train.max_bad_steps:
                 raise GrowlmError(f"training diverged: {t.counters.bad_steps} consecutive non-finite steps at step "
-                                  f"{t.counters.global_step + 1} (lower the LR or check the data)")
+                                  f"{bad_step} (lower the LR or check the data)")
         self.opt.zero_grad(set_to_none=True)
         return loss_f, gn_f, self.stage.lr * factor
 
@@ -208,6 +268,8 @@ class StageRuntime:
             t0 = time.perf_counter()
             loss, grad_norm, lr = self.step(stage_step)
             if self.relora is not None:
+                if self.relora.is_reset_step(stage_step + 1):
+                    fault("relora_merge")
                 self.relora.step(stage_step + 1)
             dt = time.perf_counter() - t0
             c = t.counters
@@ -223,7 +285,8 @@ class StageRuntime:
                                "flops": c.flops, "flops_seed": c.flops_seed, "loss": loss, "lr": lr,
                                "grad_norm": grad_norm, "tokens_per_s": tps,
                                "mfu": (self.fpt["exact"] * tps / peak / t.world) if peak else None,
-                               "mem_bytes": self.mem["measured_peak_bytes"], "time": c.elapsed})
+                               "mem_bytes": self.mem["measured_peak_bytes"], "time": c.elapsed,
+                               "skipped_steps": c.skipped_steps, "rollbacks": c.rollbacks})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
@@ -258,6 +321,8 @@ class StageRuntime:
 
     def _finish(self):
         """Merge adapters, save the boundary checkpoint, and hand the plain state to the next stage."""
+        if self.t.dist is not None:  # FSDP: the eval's forward left the root gathered
+            self.t.dist.reshard(self.model)
         if self.adapter_names:
             from growlm.adapters.lora import unwrap_adapters
 
@@ -268,14 +333,16 @@ class StageRuntime:
         # checkpoint too, so resuming exactly at the boundary maps the same state.
         named = build.named_optimizer_state(self.opt, self.model) if maps else {}
         self.t._last_opt = named
+        # The end record goes first: a resume from the boundary checkpoint keeps it, a resume
+        # from an earlier one drops it (it is logged again), so a kill in between loses nothing.
+        self._stage_event("end")
         self.t.save(self.stage, self.stage.steps, self.model, None, {"named_optimizer": named}, True,
                     self.provenance, None)
-        self._stage_event("end")
+        fault("stage_boundary")
         self.t._log(f"stage {self.stage.index + 1} '{self.stage.name}' done: val loss "
                     f"{self.t.counters.last_val_loss}, {self.t.counters.tokens:,} tokens, "
                     f"{self.t.counters.flops:.3e} FLOPs")
-        state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        return self.stage.model, state
+        return self.stage.model, self.t.plain_state(self.model)
 
 
 def _describe(stage, params, fpt, mem, opt_state):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from growlm.model.llama import cross_entropy
 from growlm.stages import ResolvedStage, resolve_stages
 from growlm.train import checkpoint as ckpt
 from growlm.train.metrics import MetricsWriter
-from growlm.train.stage import StageRuntime
+from growlm.train.stage import Rollback, StageRuntime
 from growlm.units import human_bytes, human_count
 
 
@@ -40,10 +41,19 @@ class Counters:
     elapsed: float = 0.0
     last_val_loss: float | None = None
     history: list = field(default_factory=list)
+    # non-finite rollbacks: total, and the LR multiplier they left on one stage
+    rollbacks: int = 0
+    stage_rollbacks: int = 0
+    lr_scale: float = 1.0
+    lr_scale_stage: int = -1
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("global_step", "tokens", "flops", "flops_seed",
-                                               "bad_steps", "skipped_steps", "elapsed", "last_val_loss")}
+                                               "bad_steps", "skipped_steps", "elapsed", "last_val_loss",
+                                               "rollbacks", "stage_rollbacks", "lr_scale", "lr_scale_stage")}
+
+    def lr_scale_for(self, stage: int) -> float:
+        return self.lr_scale if stage == self.lr_scale_stage else 1.0
 
 
 def pick_device(name: str) -> torch.device:
@@ -111,7 +121,9 @@ class Trainer:
     def _check_run_dir(self) -> tuple[Path, dict] | None:
         run_file = self.out / "run.json"
         fingerprint = stages_fingerprint(self.cfg)
-        found = ckpt.latest_valid(self.ckpt_root) if self.ckpt_root.exists() else None
+        with warnings.catch_warnings(record=True) as damaged:  # re-raised below, or summed up
+            warnings.simplefilter("always")
+            found = ckpt.latest_valid(self.ckpt_root) if self.ckpt_root.exists() else None
         has_any = bool(ckpt.list_checkpoints(self.ckpt_root))
         if has_any and not self.resume:
             raise GrowlmError(f"{self.out} already holds checkpoints; pass --resume to continue it, "
@@ -121,58 +133,109 @@ class Trainer:
             if old != fingerprint:
                 raise GrowlmError(f"{self.out}: the recipe's model, stages, batch or seed changed since the run "
                                   "started; resume with the original recipe or start a new run")
+        if self.resume and has_any and found is None:
+            newest = str(damaged[0].message).removeprefix("skipping damaged checkpoint: ") if damaged else "?"
+            raise GrowlmError(f"{self.ckpt_root}: no readable checkpoint to resume from; all {len(damaged)} "
+                              f"are damaged (newest: {newest})")
+        for w in damaged:  # falling back past damaged checkpoints: say which ones
+            warnings.warn(w.message, stacklevel=2)
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             tmp = run_file.with_suffix(".tmp")
             tmp.write_text(json.dumps({"fingerprint": fingerprint, "config": self.cfg.model_dump(mode="json")},
                                       indent=1))
             tmp.replace(run_file)
-        if self.resume and has_any and found is None:
-            raise GrowlmError(f"{self.ckpt_root}: no readable checkpoint to resume from")
         return found
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> dict:
+        self._open_data()  # first: bad data must not leave a run directory behind
         found = self._check_run_dir()
-        self._open_data()
+        if found is None and self.rank == 0:  # before a new run starts: will its checkpoints fit?
+            from growlm.train.disk import check_disk_budget
+
+            check_disk_budget(self.cfg, self.stages, self.out, self.tokenizer_path)
         metrics_path = self.out / "metrics.jsonl"
-        prev, start, resume_state = None, 0, None
-        if found is not None:
-            path, meta = found
-            train_state = ckpt.load_train_state(path)
-            self.counters = Counters(**train_state["counters"])
-            if self.rank == 0:
-                MetricsWriter.truncate(metrics_path, meta["global_step"], meta["stage"])
-            if meta.get("stage_complete"):
-                cfg, state, _ = ckpt.load_model_state(path)
-                prev, start = (cfg, state), meta["stage"] + 1
-                self._last_opt = train_state.get("named_optimizer") or {}
-                self.loader.load_state_dict(train_state["loader"])
-                self._restore_rng(train_state)
-            else:
-                start, resume_state = meta["stage"], (path, meta, train_state)
-            self._log(f"resuming from {path} (stage {meta['stage'] + 1}, step {meta['global_step']})")
-        elif self.rank == 0 and metrics_path.exists():
-            metrics_path.unlink()  # records of an attempt that never reached a checkpoint
-        self.metrics = MetricsWriter(metrics_path, self.cfg.run.tensorboard, self.cfg.run.wandb,
-                                     self.cfg.run.name) if self.rank == 0 else None
+        prev, start, resume_state = self._restore(found, metrics_path)
+        self.metrics = self._open_metrics(metrics_path)
         old_handlers = self._install_signals()
         try:
-            for stage in self.stages[start:]:
-                runtime = StageRuntime(self, stage, prev, resume_state)
-                prev = runtime.train()
-                resume_state = None
+            while True:
+                try:
+                    for stage in self.stages[start:]:
+                        runtime = StageRuntime(self, stage, prev, resume_state)
+                        prev = runtime.train()
+                        resume_state = None
+                    break
+                except Rollback as rb:
+                    prev, start, resume_state = self._rollback(rb, metrics_path)
         finally:
             self._restore_signals(old_handlers)
             if self.metrics:
                 self.metrics.close()
         return self.summary()
 
+    def _open_metrics(self, metrics_path: Path) -> MetricsWriter | None:
+        if self.rank != 0:
+            return None
+        return MetricsWriter(metrics_path, self.cfg.run.tensorboard, self.cfg.run.wandb, self.cfg.run.name)
+
+    def _restore(self, found: tuple[Path, dict] | None, metrics_path: Path):
+        """(prev, start stage, resume_state) from a checkpoint, or a fresh start when None."""
+        if found is None:
+            if self.rank == 0 and metrics_path.exists():
+                metrics_path.unlink()  # records of an attempt that never reached a checkpoint
+            return None, 0, None
+        path, meta = found
+        train_state = ckpt.load_train_state(path)
+        self.counters = Counters(**train_state["counters"])
+        if self.rank == 0:
+            MetricsWriter.truncate(metrics_path, meta["global_step"], meta["stage"])
+        self._log(f"resuming from {path} (stage {meta['stage'] + 1}, step {meta['global_step']})")
+        if meta.get("stage_complete"):
+            cfg, state, _ = ckpt.load_model_state(path)
+            self._last_opt = train_state.get("named_optimizer") or {}
+            self.loader.load_state_dict(train_state["loader"])
+            self._restore_rng(train_state)
+            return (cfg, state), meta["stage"] + 1, None
+        return None, meta["stage"], (path, meta, train_state)
+
+    def _rollback(self, rb: Rollback, metrics_path: Path):
+        """train.nonfinite = "rollback": reload the newest checkpoint, scale this stage's LR by
+        train.rollback_lr_factor (again for each further rollback in the stage), and move the
+        loader past the offending batch. The checkpoint brings back the loader position and RNG,
+        so without that skip a data-caused NaN would recur at the same step for ever."""
+        old, tcfg = self.counters, self.cfg.train
+        n = old.stage_rollbacks + 1 if old.lr_scale_stage == rb.stage else 1
+        if n > tcfg.max_rollbacks:
+            raise GrowlmError(f"training diverged: non-finite loss/gradient at step {rb.step} after {n - 1} "
+                              f"rollbacks in stage {rb.stage + 1} (train.max_rollbacks = {tcfg.max_rollbacks}; "
+                              "lower the LR or check the data)")
+        if self.metrics:
+            self.metrics.close()
+        found = ckpt.latest_valid(self.ckpt_root)
+        self.counters = Counters()
+        restored = self._restore(found, metrics_path)
+        c = self.counters
+        c.rollbacks, c.skipped_steps = old.rollbacks + 1, old.skipped_steps
+        c.stage_rollbacks, c.lr_scale_stage = n, rb.stage
+        c.lr_scale = tcfg.rollback_lr_factor ** n
+        self._skip_to = (rb.stage, rb.position)
+        self.metrics = self._open_metrics(metrics_path)
+        back_to = found[1]["global_step"] if found else 0
+        if self.metrics:
+            self.metrics.log({"kind": "rollback", "stage": rb.stage, "step": back_to, "bad_step": rb.step,
+                              "lr_scale": c.lr_scale, "loader_position": rb.position, "rollbacks": c.rollbacks})
+        if self.rank == 0:
+            print(f"warning: {rb} (stage {rb.stage + 1}); rolled back to step {back_to}, LR × {c.lr_scale:g} "
+                  f"for the rest of the stage, skipping the data up to sequence {rb.position}", flush=True)
+        return restored
+
     def summary(self) -> dict:
         c = self.counters
         return {"out_dir": str(self.out), "steps": c.global_step, "tokens": c.tokens, "flops": c.flops,
                 "flops_seed": c.flops_seed, "val_loss": c.last_val_loss, "skipped_steps": c.skipped_steps,
-                "elapsed_s": c.elapsed, "tokens_per_s": c.tokens / max(c.elapsed, 1e-9)}
+                "rollbacks": c.rollbacks, "elapsed_s": c.elapsed, "tokens_per_s": c.tokens / max(c.elapsed, 1e-9)}
 
     # ------------------------------------------------------------------ helpers used by stages
     def autocast(self):
@@ -215,16 +278,22 @@ class Trainer:
 
     def save(self, stage: ResolvedStage, stage_step: int, model, opt, extra: dict, stage_complete: bool,
              provenance: dict, adapters: dict | None) -> None:
-        state = {"optimizer": opt.state_dict() if opt is not None else {},
+        sharded = self.dist is not None and self.dist.sharded
+        state = {"optimizer": opt.state_dict() if opt is not None and not sharded else {},
                  "loader": self.loader.state_dict(), "rng": self.rng_state(),
                  "counters": self.counters.as_dict(), **extra}
         meta = {"model": stage.model.model_dump(), "stage": stage.index, "stage_name": stage.name,
                 "global_step": self.counters.global_step, "stage_step": stage_step,
                 "tokens": self.counters.tokens, "flops": self.counters.flops,
                 "stage_complete": stage_complete, "provenance": provenance, "adapters": adapters}
-        if self.rank == 0:
+        if sharded:  # every rank writes its shards (growlm.train.dcp)
+            from growlm.train.dcp import save_sharded
+
+            path = save_sharded(self, model, opt, state, meta)
+        elif self.rank == 0:
             path = ckpt.save_checkpoint(self.ckpt_root, self.counters.global_step, model.state_dict(), state,
                                         meta, tokenizer=self.tokenizer_path)
+        if self.rank == 0:
             ckpt.prune_checkpoints(self.ckpt_root, self.cfg.run.keep_last)
             self._log(f"checkpoint {path}")
         if self.dist:
@@ -248,7 +317,16 @@ class Trainer:
 
     @property
     def stop_requested(self) -> bool:
-        return self._stop_signal is not None
+        # Ranks may see a signal at different steps; they must agree, or one would enter the
+        # checkpoint's collectives while another enters the next step's.
+        local = self._stop_signal is not None
+        return self.dist.any(local) if self.dist else local
+
+    def plain_state(self, model) -> dict:
+        """The model's whole state as CPU tensors (gathered from the shards under FSDP)."""
+        if self.dist is not None and self.dist.sharded:
+            return self.dist.full_state(model)
+        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def describe_stage(stage: ResolvedStage, params: dict, fpt: dict, mem: dict, opt_state: str) -> str:

@@ -1,0 +1,59 @@
+"""Top-k neighbour overlap of each run's vocabulary matrices with the baseline's (reuse paper,
+Table 5), read straight from the newest checkpoints' safetensors (no model is built)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from growlm.errors import GrowlmError
+from growlm.report.runs import Run
+
+MATRICES = {"embedding": "embed_tokens.weight", "head": "lm_head.weight"}
+
+
+def vocab_tensors(run: Run) -> dict:
+    """{"embedding": tensor, "head": tensor} of the run's newest complete checkpoint."""
+    from safetensors import safe_open
+
+    from growlm.train.checkpoint import MODEL_FILE, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(run.path)
+    out = {}
+    with safe_open(str(ckpt / MODEL_FILE), framework="pt") as f:
+        keys = set(f.keys())
+        for name, key in MATRICES.items():
+            if key in keys:
+                out[name] = f.get_tensor(key)
+    if "head" not in out and "embedding" in out:  # tied
+        out["head"] = out["embedding"]
+    return out
+
+
+def overlap_table(runs: Sequence[Run], baseline: Run, k: int = 100) -> list[tuple[str, float | None, float | None]]:
+    """(run, embedding overlap, head overlap) with the baseline for every other run.
+
+    A run without a readable checkpoint gets None (it is reported, not fatal)."""
+    from growlm.eval.neighbours import neighbour_overlap
+
+    try:
+        base = vocab_tensors(baseline)
+    except GrowlmError as e:
+        raise GrowlmError(f"neighbour overlap needs the baseline's checkpoint: {e}") from None
+    rows = []
+    for run in runs:
+        if run is baseline:
+            continue
+        try:
+            mats = vocab_tensors(run)
+        except GrowlmError:
+            rows.append((run.name, None, None))
+            continue
+        values = []
+        for name in MATRICES:
+            a, b = base.get(name), mats.get(name)
+            if a is None or b is None or a.shape[0] != b.shape[0]:
+                values.append(None)
+                continue
+            values.append(neighbour_overlap(a, b, k=min(k, a.shape[0] - 1)))
+        rows.append((run.name, *values))
+    return rows
