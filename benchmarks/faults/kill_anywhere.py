@@ -5,11 +5,12 @@ The recipe is tiny but has every moving part: stage 1 trains 2 layers, stage 2 g
 interpolation, freezes the inherited layers and trains ReLoRA adapters that are merged and
 reset every 3 steps; checkpoints every 2 steps, keep_last 2 (so pruning runs too).
 
-Each trial starts a fresh run and kills it over and over (each resume is a new process) until
-a launch runs to the end. A kill is one of:
+Each trial starts a fresh run, interrupts it 2 to 6 times (each resume is a new process),
+then lets a last launch run to the end. An interruption is one of:
   random          SIGKILL after a random delay once the process is training
   startup         SIGKILL after a random delay from launch (import, checkpoint loading, resume)
-  <fault point>   GROWLM_FAULT=<point>:<N>:kill, a SIGKILL at the N-th pass of a named point:
+  <fault point>   GROWLM_FAULT=<point>:<N>:kill, a SIGKILL at the N-th pass of a named point
+                  (N drawn among the passes the resumed process still has ahead of it):
                   train_step (after backward), relora_merge, checkpoint_mid_write,
                   checkpoint_before_rename, checkpoint_prune, stage_boundary
   sigterm/sigint  a clean stop (exit 143 after saving a checkpoint), also resumed
@@ -46,8 +47,8 @@ RECIPE = """
 name = "ka"
 out_dir = "{out}"
 eval_tokens = 512
-ckpt_every = 2
-keep_last = 2
+ckpt_every = {ckpt_every}
+keep_last = {keep_last}
 [model]
 vocab_size = 320
 d_model = 32
@@ -71,11 +72,12 @@ lr = 3e-3
 name = "grown"
 grow = {{ op = "interpolate", add = 1 }}
 freeze = ["inherited"]
-adapters = {{ kind = "relora", rank = 2, reset_every = 3, rewarmup_steps = 1 }}
+adapters = {{ kind = "relora", rank = 2, reset_every = {reset_every}, rewarmup_steps = 1 }}
 steps = {steps2}
 lr = 3e-3
 """
 
+CKPT_EVERY, KEEP_LAST, RESET_EVERY = 2, 2, 3  # as in RECIPE
 FAULT_POINTS = ("train_step", "relora_merge", "checkpoint_mid_write", "checkpoint_before_rename",
                 "checkpoint_prune", "stage_boundary")
 KINDS = ("random", "random", "random", "startup", *FAULT_POINTS, "sigterm", "sigint")
@@ -104,7 +106,8 @@ def prepare_data(workdir: Path) -> Path:
 def write_recipe(workdir: Path, name: str, data: Path, steps: tuple[int, int]) -> Path:
     path = workdir / f"{name}.toml"
     path.write_text(RECIPE.format(out=(workdir / name).as_posix(), data=data.as_posix(),
-                                  steps1=steps[0], steps2=steps[1]))
+                                  steps1=steps[0], steps2=steps[1], ckpt_every=CKPT_EVERY,
+                                  keep_last=KEEP_LAST, reset_every=RESET_EVERY))
     return path
 
 
@@ -167,10 +170,33 @@ def same(a: dict, b: dict) -> list[str]:
     return diffs
 
 
-def plan_kill(kind: str, rng: random.Random, remaining_steps: int) -> dict:
+def remaining_hits(kind: str, steps: tuple[int, int], done: int, on_disk: list[int]) -> int:
+    """How often a process resumed at global step `done` will still pass a fault point."""
+    s1, s2 = steps
+    boundaries = [s1, s1 + s2]
+    saves = sorted(boundaries + [g for g in range(1, s1) if g % CKPT_EVERY == 0]
+                   + [s1 + k for k in range(1, s2) if k % CKPT_EVERY == 0])
+    resets = [s1 + k for k in range(1, s2 + 1) if k % RESET_EVERY == 0]
+    if kind == "train_step":
+        return s1 + s2 - done
+    if kind == "relora_merge":
+        return sum(g > done for g in resets)
+    if kind == "stage_boundary":
+        return sum(g > done for g in boundaries)
+    if kind == "checkpoint_prune":  # replay retention: each removed checkpoint is one pass
+        kept, hits = list(on_disk), 0
+        for g in (g for g in saves if g > done):
+            kept.append(g)
+            for old in [c for c in kept[:-KEEP_LAST] if c not in boundaries]:
+                kept.remove(old)
+                hits += 1
+        return hits
+    return sum(g > done for g in saves)  # checkpoint_mid_write, checkpoint_before_rename
+
+
+def plan_kill(kind: str, rng: random.Random, hits: int) -> dict:
     if kind in FAULT_POINTS:
-        hits = {"train_step": remaining_steps, "relora_merge": 3, "stage_boundary": 2}
-        n = rng.randint(1, max(1, hits.get(kind, remaining_steps // 2 + 1)))
+        n = rng.randint(1, hits)
         return {"env": {"GROWLM_FAULT": f"{kind}:{n}:kill"}, "label": f"{kind}:{n}"}
     return {"env": {}, "label": kind}
 
@@ -193,24 +219,32 @@ def deliver(kind: str, proc, metrics: Path, started: float, rng: random.Random, 
         proc.send_signal({"sigterm": signal.SIGTERM, "sigint": signal.SIGINT}.get(kind, signal.SIGKILL))
 
 
-def run_trial(recipe: Path, run_dir: Path, total_steps: int, rng: random.Random, timing: dict,
+def run_trial(recipe: Path, run_dir: Path, steps: tuple[int, int], rng: random.Random, timing: dict,
               tally: Counter, log: list) -> tuple[int, int]:
-    """Kill and resume until a launch completes. Returns (kills, checkpoints checked)."""
+    """Interrupt and resume 2 to 6 times, then let a last launch finish.
+    Returns (SIGKILLs, checkpoints checked)."""
     shutil.rmtree(run_dir, ignore_errors=True)
     kills = checked = 0
-    resume = False
-    for launch_no in range(200):
-        latest = ckpt.latest_valid(run_dir / "checkpoints") if (run_dir / "checkpoints").exists() else None
+    total_steps = sum(steps)
+    planned = rng.randint(2, 6)
+    for launch_no in range(planned + 1):
+        root = run_dir / "checkpoints"
+        on_disk = [ckpt.read_meta(p)["global_step"] for p in ckpt.list_checkpoints(root)]
+        latest = ckpt.latest_valid(root) if root.exists() else None
         done_steps = latest[1]["global_step"] if latest else 0
-        kind = rng.choice(KINDS)
-        plan = plan_kill(kind, rng, total_steps - done_steps)
+        hits = {k: remaining_hits(k, steps, done_steps, on_disk) for k in FAULT_POINTS}
+        kinds = [k for k in KINDS if hits.get(k, 1) > 0]
+        kind = rng.choice(kinds) if launch_no < planned and done_steps < total_steps else "none"
+        plan = plan_kill(kind, rng, hits.get(kind, 0))
         started = time.time()
-        proc = launch(recipe, resume, plan["env"])
-        deliver(kind, proc, run_dir / "metrics.jsonl", started, rng, timing, done_steps, total_steps)
+        proc = launch(recipe, launch_no > 0, plan["env"])
+        if kind != "none":
+            deliver(kind, proc, run_dir / "metrics.jsonl", started, rng, timing, done_steps, total_steps)
         out, err = proc.communicate(timeout=900)
         rc = proc.returncode
         if rc == 0:
-            log.append(f"  launch {launch_no + 1}: completed ({plan['label']} did not fire)")
+            done = "ran to the end" if kind == "none" else f"completed ({plan['label']} did not fire)"
+            log.append(f"  launch {launch_no + 1}: {done}")
             return kills, checked
         if kind in ("sigterm", "sigint") and rc == 143:
             saved = ckpt.latest_valid(run_dir / "checkpoints")
@@ -227,8 +261,7 @@ def run_trial(recipe: Path, run_dir: Path, total_steps: int, rng: random.Random,
         checked += check_checkpoints(run_dir / "checkpoints")
         log.append(f"  launch {launch_no + 1}: {plan['label']} → exit {rc}, "
                    f"{len(ckpt.list_checkpoints(run_dir / 'checkpoints'))} checkpoints verified")
-        resume = True
-    raise AssertionError("run never completed")
+    raise AssertionError(f"the last launch did not complete (exit {rc}): {err.strip()[-500:]}")
 
 
 def main() -> int:
@@ -261,7 +294,7 @@ def main() -> int:
     while kills < args.kills:
         trials += 1
         log: list[str] = []
-        k, c = run_trial(recipe, workdir / "killed", total, rng, timing, tally, log)
+        k, c = run_trial(recipe, workdir / "killed", steps, rng, timing, tally, log)
         kills, checked = kills + k, checked + c
         diffs = same(outcome(workdir / "killed"), reference)
         passed += not diffs
