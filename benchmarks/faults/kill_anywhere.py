@@ -248,8 +248,8 @@ def run_trial(recipe: Path, run_dir: Path, steps: tuple[int, int], rng: random.R
             return kills, checked
         if kind in ("sigterm", "sigint") and rc == 143:
             saved = ckpt.latest_valid(run_dir / "checkpoints")
-            steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "step"]
-            assert saved is not None and saved[1]["global_step"] == steps[-1], "stop without checkpoint"
+            logged = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "step"]
+            assert saved is not None and saved[1]["global_step"] == logged[-1], "stop without checkpoint"
             tally[f"{kind} (clean stop)"] += 1
         elif rc in (-signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT, 1, 130):
             # SIGTERM/SIGINT before the handlers are installed end the process like a kill

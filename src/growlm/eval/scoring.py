@@ -171,7 +171,9 @@ def _score_rows(model, rows: list[_Row], device, sums: torch.Tensor,
         sl = slice(lo, lo + POSITIONS_PER_SLICE)
         r, c = rows_t[sl], cols_t[sl]
         logits = (model.lm_head(hidden[r, c]) if fast else full[r, c]).float()
-        token_lp[sl] = torch.log_softmax(logits, dim=-1).gather(1, target_t[sl, None]).squeeze(1)
+        # log p(target) = logit[target] - logsumexp(logits): no (positions × vocab) output.
+        picked = logits.gather(1, target_t[sl, None]).squeeze(1)
+        token_lp[sl] = picked - torch.logsumexp(logits, dim=-1)
         hit[sl] = logits.argmax(-1) == target_t[sl]
     slots_t = torch.tensor(slots)
     sums.index_add_(0, slots_t, token_lp.double().cpu())

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
+
+# What gloo and NCCL raise when a peer process is gone; any other RuntimeError stays a bug.
+_PEER_LOST = re.compile(r"Connection (reset|closed|refused)|Broken pipe|Timed out|timeout|"
+                        r"NCCL|gloo", re.IGNORECASE)
 
 
 def add_arguments(parser) -> None:
@@ -31,9 +37,23 @@ def run(args) -> int:
         except Stopped as e:
             print(str(e))
             return 143
+        except RuntimeError as e:
+            if dist is None or not _peer_lost(e):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"growlm train: error: rank {dist.rank} lost contact with another rank "
+                  f"({first[:200]}); the run resumes from its last checkpoint with --resume",
+                  file=sys.stderr)
+            return 1
         if trainer.rank == 0:
             print(json.dumps(summary, indent=1))
         return 0
     finally:
         if dist is not None:
             dist.close()
+
+
+def _peer_lost(e: RuntimeError) -> bool:
+    import torch.distributed as tdist
+
+    return isinstance(e, tdist.DistError) or bool(_PEER_LOST.search(str(e)))
