@@ -20,7 +20,6 @@ one ``[[stage]]`` table for e.g. ``freeze`` or ``adapters``. ``--set sft.epochs=
 from __future__ import annotations
 
 import copy
-import json
 import math
 import sys
 import warnings
@@ -245,8 +244,8 @@ def _default_name(weights: Path) -> str:
 
 def run(args) -> int:
     from growlm.sft.trainer import SFTTrainer
+    from growlm.train.cli import run_to_end
     from growlm.train.distributed import maybe_init_distributed
-    from growlm.train.trainer import Stopped
 
     cfg, data, notes = build_run(args)
     dist = maybe_init_distributed(cfg)
@@ -254,14 +253,7 @@ def run(args) -> int:
         trainer = SFTTrainer(cfg, data, resume=args.resume, dist=dist, quiet=args.quiet)
         if trainer.rank == 0 and not args.quiet:
             print("\n".join(notes), flush=True)
-        try:
-            summary = trainer.run()
-        except Stopped as e:
-            print(str(e).replace("growlm train RECIPE", "growlm sft ... (same arguments)"))
-            return 143
-        if trainer.rank == 0:
-            print(json.dumps(summary, indent=1))
-        return 0
+        return run_to_end(trainer, dist, command="sft", resume_hint="growlm sft ... (same arguments)")
     finally:
         if dist is not None:
             dist.close()

@@ -23,7 +23,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from growlm.config import load_recipe
     from growlm.train.distributed import maybe_init_distributed
-    from growlm.train.trainer import Stopped, Trainer
+    from growlm.train.trainer import Trainer
 
     overrides = list(args.overrides)
     if args.out:
@@ -31,26 +31,32 @@ def run(args) -> int:
     cfg = load_recipe(args.recipe, overrides)
     dist = maybe_init_distributed(cfg)
     try:
-        trainer = Trainer(cfg, resume=args.resume, dist=dist, quiet=args.quiet)
-        try:
-            summary = trainer.run()
-        except Stopped as e:
-            print(str(e))
-            return 143
-        except RuntimeError as e:
-            if dist is None or not _peer_lost(e):
-                raise
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"growlm train: error: rank {dist.rank} lost contact with another rank "
-                  f"({first[:200]}); the run resumes from its last checkpoint with --resume",
-                  file=sys.stderr)
-            return 1
-        if trainer.rank == 0:
-            print(json.dumps(summary, indent=1))
-        return 0
+        return run_to_end(Trainer(cfg, resume=args.resume, dist=dist, quiet=args.quiet), dist)
     finally:
         if dist is not None:
             dist.close()
+
+
+def run_to_end(trainer, dist, command: str = "train", resume_hint: str | None = None) -> int:
+    """Run a built trainer; a clean stop exits 143, a lost peer rank 1, each with one line."""
+    from growlm.train.trainer import Stopped
+
+    try:
+        summary = trainer.run()
+    except Stopped as e:
+        print(str(e).replace("growlm train RECIPE", resume_hint) if resume_hint else str(e))
+        return 143
+    except RuntimeError as e:
+        if dist is None or not _peer_lost(e):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"growlm {command}: error: rank {dist.rank} lost contact with another rank "
+              f"({first[:200]}); the run resumes from its last checkpoint with --resume",
+              file=sys.stderr)
+        return 1
+    if trainer.rank == 0:
+        print(json.dumps(summary, indent=1))
+    return 0
 
 
 def _peer_lost(e: RuntimeError) -> bool:
