@@ -61,6 +61,30 @@ class RunSection(_Strict):
         return n
 
 
+class EvalSection(_Strict):
+    """Benchmarks (growlm eval's tasks) scored on the model while it trains; results go to
+    metrics.jsonl as "tasks" records."""
+
+    tasks: list[str] = Field(default_factory=list)  # e.g. ["hellaswag", "wikitext", "wordsim"]
+    every: int = Field(0, ge=0)  # steps; 0 = only at the end of each stage
+    limit: int | None = Field(None, gt=0)  # examples per task (WikiText: documents)
+    batch_size: int = Field(32, gt=0)
+    data_dir: str | None = None  # the eval data folder; default $GROWLM_DATA
+    source: Literal["local", "hub"] = "local"  # zero-shot tasks: local files or hub datasets
+
+    @field_validator("tasks")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        if not v:
+            return v
+        from growlm.eval.suite import parse_tasks
+
+        try:
+            return parse_tasks(v)
+        except GrowlmError as e:
+            raise ValueError(str(e)) from None
+
+
 class DataSection(_Strict):
     train: str
     val: str | None = None
@@ -184,6 +208,7 @@ class RunConfig(_Strict):
     optim: OptimSection = OptimSection()
     schedule: ScheduleSection = ScheduleSection()
     train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
     stage: list[StageConfig] = Field(default_factory=lambda: [StageConfig()])
 
     @property

@@ -160,5 +160,6 @@ def word_similarity(model_or_matrices, tokenizer, data_dir: str | os.PathLike | 
 
 def summary_score(results: dict, matrix: str = "embedding") -> float:
     """Mean rho over datasets (NaNs skipped), a one-number view for tables."""
-    vals = [r[matrix] for r in results.values() if not math.isnan(r[matrix])]
+    vals = [r[matrix] for r in results.values()
+            if isinstance(r.get(matrix), (int, float)) and not math.isnan(r[matrix])]
     return float(sum(vals) / len(vals)) if vals else float("nan")

@@ -2,7 +2,8 @@
 
 A run directory (written by `growlm train`) holds metrics.jsonl (step / eval / stage records),
 run.json ({"fingerprint", "config"}) and checkpoints/. Optional evaluation results live beside
-them in eval.json, the file `growlm eval RUN --json RUN/eval.json` writes.
+them in eval.json, the file `growlm eval RUN --json RUN/eval.json` writes (else the last
+benchmarks a recipe's [eval] section scored during training).
 
 A run is *complete* when every stage of its recipe has logged its "end" record, otherwise
 *in progress* (still training, or stopped and resumable). Which data it saw is identified by
@@ -209,6 +210,24 @@ def _eval_results(run_dir: Path) -> dict | None:
     return results if isinstance(results, dict) else None
 
 
+def _scheduled_results(records: list[dict]) -> dict | None:
+    """The last benchmarks scored during training (a recipe's [eval] section), nested back
+    into eval.json's shape: "hellaswag/acc_norm" → {"hellaswag": {"acc_norm": ...}}."""
+    last = next((r for r in reversed(records) if r.get("kind") == "tasks"), None)
+    if last is None:
+        return None
+    nested: dict = {}
+    for key, value in last.items():
+        if "/" not in key:
+            continue
+        *path, leaf = key.split("/")
+        node = nested
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested or None
+
+
 def load_run(path: str | Path) -> Run:
     """Read a run directory. GrowlmError when it is not one."""
     run_dir = Path(path)
@@ -230,7 +249,8 @@ def load_run(path: str | Path) -> Run:
     name = (config.get("run") or {}).get("name") or run_dir.name
     tok_sha, data_id = _identity(config, run_dir)
     return Run(path=run_dir, name=name, config=config, steps=steps, evals=evals,
-               stage_records=stage_records, n_stages=n_stages, eval_results=_eval_results(run_dir),
+               stage_records=stage_records, n_stages=n_stages,
+               eval_results=_eval_results(run_dir) or _scheduled_results(records),
                tokenizer_sha=tok_sha, data_id=data_id)
 
 

@@ -124,7 +124,8 @@ def _eval_blocks(runs: Sequence[Run]) -> list:
         rows = [[r.name, *(fmt_score(cmp.eval_value(r, key)) for _, key in cols)]
                 for r in runs if r.eval_results]
         blocks += [Heading("Evaluation"),
-                   Paragraph("From each run's `eval.json` (`growlm eval RUN --json RUN/eval.json`). "
+                   Paragraph("From each run's `eval.json` (`growlm eval RUN --json RUN/eval.json`), "
+                             "else the last benchmarks its recipe's [eval] section scored. "
                              "Zero-shot scores are the seeds' headline metric (acc_norm where it "
                              "exists); word similarity is the mean Spearman rho over the datasets."),
                    Table(["run", *(c for c, _ in cols)], rows)]

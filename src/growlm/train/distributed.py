@@ -67,6 +67,10 @@ def check_supported(cfg, mode: str) -> None:
     """Refuse combinations growlm cannot run, before any process group exists."""
     if mode != "fsdp":
         return
+    if cfg.eval.tasks:
+        raise GrowlmError("eval.tasks: scheduled benchmarks need whole weights on each rank, which "
+                          "FSDP shards; use run.distributed = 'ddp', or score the checkpoints "
+                          "with growlm eval")
     from growlm.stages import resolve_stages
 
     for stage in resolve_stages(cfg):

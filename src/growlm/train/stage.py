@@ -293,6 +293,8 @@ class StageRuntime:
             last = stage_step + 1 == stage.steps
             if cfg.run.eval_every and (stage_step + 1) % cfg.run.eval_every == 0 and not last:
                 self._eval()
+            if t.evals is not None and t.evals.due(stage_step + 1) and not last:
+                self._score_tasks()
             if t.stop_requested and not last:
                 self._save(stage_step + 1, complete=False)
                 raise _stopped(t)
@@ -301,6 +303,8 @@ class StageRuntime:
         if bar is not None:
             bar.close()
         self._eval()
+        if t.evals is not None:
+            self._score_tasks()
         return self._finish()
 
     def _eval(self) -> None:
@@ -313,6 +317,17 @@ class StageRuntime:
             c = t.counters
             t.metrics.log({"kind": "eval", "stage": self.stage.index, "step": c.global_step, "tokens": c.tokens,
                            "flops": c.flops, "flops_seed": c.flops_seed, "val_loss": loss})
+
+    def _score_tasks(self) -> None:
+        from growlm.train.evals import headline
+
+        t, c = self.t, self.t.counters
+        flat, seconds = t.evals.run(self.model, t.autocast())
+        if t.metrics is not None:
+            t.metrics.log({"kind": "tasks", "stage": self.stage.index, "step": c.global_step,
+                           "tokens": c.tokens, "flops": c.flops, "flops_seed": c.flops_seed,
+                           "seconds": seconds, **flat})
+        t._log(f"step {c.global_step} tasks ({seconds:.1f} s): {headline(flat)}")
 
     def _save(self, stage_step: int, complete: bool) -> None:
         extra = {"relora": self.relora.state_dict()} if self.relora is not None else {}

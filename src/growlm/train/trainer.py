@@ -79,6 +79,7 @@ class Trainer:
         self.resume = resume
         self.quiet = quiet
         self.dist = dist  # growlm.train.distributed.Dist or None
+        self.evals = None  # growlm.train.evals.ScheduledEvals when the recipe has [eval] tasks
         self.rank = dist.rank if dist else 0
         self.world = dist.world_size if dist else 1
         self.device = dist.device if dist else pick_device(cfg.run.device)
@@ -117,6 +118,10 @@ class Trainer:
             raise GrowlmError("data.val: shards were made with a different tokenizer than data.train")
         split = "val" if val_src.num_tokens("val") > self.cfg.data.seq_len else None
         self.val_tokens = val_src.tokens(split) if split else None
+        if self.cfg.eval.tasks:
+            from growlm.train.evals import ScheduledEvals
+
+            self.evals = ScheduledEvals(self.cfg.eval, self.tokenizer_path, self.val_tokens)
 
     def _check_run_dir(self) -> tuple[Path, dict] | None:
         run_file = self.out / "run.json"
