@@ -55,6 +55,11 @@ def test_scores_are_logged_on_schedule_and_leave_training_alone(write_recipe, tm
     run = load_run(tmp_path / "scored")
     assert run.eval_results["hellaswag"]["acc_norm"] == last["hellaswag/acc_norm"]
     assert eval_value(run, "wikitext/word_perplexity") == last["wikitext/word_perplexity"]
+    from growlm.report import plots
+
+    name, caption = plots.task_scores([run], tmp_path)
+    assert (tmp_path / name).stat().st_size > 0 and caption.startswith("Zero-shot average")
+    assert plots.task_scores([load_run(tmp_path / "plain")], tmp_path) is None
 
 
 def test_unknown_task_is_refused_when_the_recipe_loads(write_recipe, tmp_path):

@@ -180,7 +180,40 @@ def memory(runs: Sequence[Run], out: Path) -> tuple[str, str]:
                           "+ fp32 Adam, growlm.plan.memory).")
 
 
+# What to plot from the benchmarks scored during training, first found first.
+TASK_METRICS = (("average/score", "zero-shot average (acc_norm where the task has it)"),
+                ("wikitext/word_perplexity", "WikiText-2 word perplexity"),
+                ("ppl/loss", "held-out loss"))
+
+
+def task_scores(runs: Sequence[Run], out: Path) -> tuple[str, str] | None:
+    """The headline benchmark of the runs' [eval] sections against cumulative FLOPs."""
+    keys = {k for r in runs for rec in r.tasks for k in rec}
+    choice = next(((k, label) for k, label in TASK_METRICS if k in keys), None)
+    if choice is None:
+        score = sorted(k for k in keys if k.endswith("/score"))
+        if not score:
+            return None
+        choice = (score[0], f"{score[0].split('/')[0]} score")
+    key, label = choice
+    fig, ax = _figure()
+    col = colours(runs)
+    for r in runs:
+        pts = [(rec["flops"], rec[key]) for rec in r.tasks if key in rec and rec.get("flops")]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", markersize=3, linewidth=1.3, color=col[r.name], label=r.name)
+            _boundaries(ax, r, "flops", col[r.name])
+    ax.set_xscale("log")
+    if key == "wikitext/word_perplexity":
+        ax.set_yscale("log")
+    ax.set_xlabel("cumulative training FLOPs (exact count)")
+    ax.set_ylabel(label)
+    _save(fig, ax, out / "task_scores.png")
+    return "task_scores.png", f"{label[0].upper() + label[1:]} during training vs FLOPs ([eval] section)."
+
+
 def all_plots(runs: Sequence[Run], out: Path) -> list[tuple[str, str]]:
     out.mkdir(parents=True, exist_ok=True)
-    return [val_loss(runs, out, "flops"), val_loss(runs, out, "tokens"), train_loss(runs, out),
+    made = [val_loss(runs, out, "flops"), val_loss(runs, out, "tokens"), train_loss(runs, out),
             learning_rate(runs, out), throughput(runs, out), memory(runs, out)]
+    return made + [p for p in [task_scores(runs, out)] if p is not None]

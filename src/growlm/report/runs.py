@@ -32,6 +32,7 @@ class Run:
     config: dict
     steps: list[dict] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
+    tasks: list[dict] = field(default_factory=list)  # benchmarks scored during training
     stage_records: list[dict] = field(default_factory=list)
     n_stages: int = 1
     eval_results: dict | None = None
@@ -248,7 +249,8 @@ def load_run(path: str | Path) -> Run:
         n_stages = max([r.get("stage", 0) for r in steps + stage_records], default=0) + 1
     name = (config.get("run") or {}).get("name") or run_dir.name
     tok_sha, data_id = _identity(config, run_dir)
-    return Run(path=run_dir, name=name, config=config, steps=steps, evals=evals,
+    tasks = [r for r in records if r.get("kind") == "tasks"]
+    return Run(path=run_dir, name=name, config=config, steps=steps, evals=evals, tasks=tasks,
                stage_records=stage_records, n_stages=n_stages,
                eval_results=_eval_results(run_dir) or _scheduled_results(records),
                tokenizer_sha=tok_sha, data_id=data_id)
