@@ -98,7 +98,9 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _log(self, msg: str) -> None:
         if self.rank == 0 and not self.quiet:
-            print(msg, flush=True)
+            from tqdm.auto import tqdm
+
+            tqdm.write(msg)  # above a running progress bar, not through it
 
     def _open_data(self):
         from growlm.data import SequenceLoader, open_shards
