@@ -20,8 +20,16 @@ from growlm.report.write import fmt_loss, fmt_pct, write_report
 MATCH_TOLERANCE = 0.01  # "matches the baseline": final val loss within 1% of the baseline's
 
 
-def _verdict(ok: bool | None) -> str:
-    return {True: "**held**", False: "**did not hold**", None: "**inconclusive / not measured**"}[ok]
+PARTLY = "partly"  # held for some of the claim's runs, not for others
+
+
+def _verdict(ok: bool | str | None) -> str:
+    return {True: "**held**", False: "**did not hold**", PARTLY: "**partly held**",
+            None: "**inconclusive / not measured**"}[ok]
+
+
+def _all_some_none(flags: list[bool]) -> bool | str:
+    return True if all(flags) else PARTLY if any(flags) else False
 
 
 def claim_a(runs: dict[str, Run]) -> tuple[bool | None, str]:
@@ -41,7 +49,7 @@ def claim_a(runs: dict[str, Run]) -> tuple[bool | None, str]:
                 f"{len(ws1)} datasets (word pairs with single-token words in the BPE vocabulary: {cov})")
 
 
-def claim_b(outcomes: dict[str, dict], scale: M.Scale) -> tuple[bool | None, str]:
+def claim_b(outcomes: dict[str, dict], scale: M.Scale) -> tuple[bool | str | None, str]:
     base = outcomes.get("standard", {}).get("best_lr")
     reuse = {k: o.get("best_lr") for k, o in outcomes.items() if k.startswith("reuse-")}
     if base is None or not reuse or any(v is None for v in reuse.values()):
@@ -51,12 +59,12 @@ def claim_b(outcomes: dict[str, dict], scale: M.Scale) -> tuple[bool | None, str
     grid = M.lr_values(scale, M.METHODS[0].grid)
     at_edge = float(base) >= max(float(g) for g in grid)
     edge = " (at the top of its grid, so its true optimum may be higher: inconclusive)" if at_edge else ""
-    verdict = None if at_edge else len(higher) == len(reuse)
+    verdict = None if at_edge else _all_some_none([k in higher for k in reuse])
     return verdict, (f"best LR: baseline {base}{edge}; stage 2 of {detail} "
                      f"({len(higher)} of {len(reuse)} higher)")
 
 
-def claim_c(rows: dict[str, cmp.Row], base: cmp.Row) -> tuple[bool | None, str]:
+def claim_c(rows: dict[str, cmp.Row], base: cmp.Row) -> tuple[bool | str | None, str]:
     parts, oks = [], []
     for name in ("step-2stage", "step-3stage"):
         r = rows.get(name)
@@ -71,7 +79,7 @@ def claim_c(rows: dict[str, cmp.Row], base: cmp.Row) -> tuple[bool | None, str]:
                      f"{fmt_pct(r.mem_reduction_measured)} measured reduction")
     if not oks:
         return None, "STEP runs missing"
-    return all(oks), "; ".join(parts)
+    return _all_some_none(oks), "; ".join(parts)
 
 
 def claim_d(rows: dict[str, cmp.Row], base: cmp.Row) -> tuple[bool | None, str]:
@@ -85,11 +93,11 @@ def claim_d(rows: dict[str, cmp.Row], base: cmp.Row) -> tuple[bool | None, str]:
                           f"{base.flops:.3e}: saving {fmt_pct(r.saving)}")
 
 
-def claim_e(rows: dict[str, cmp.Row], base: cmp.Row) -> tuple[bool | None, str]:
+def claim_e(rows: dict[str, cmp.Row], base: cmp.Row) -> tuple[bool | str | None, str]:
     found = [(n, rows[n]) for n in ("relora", "galore") if n in rows and rows[n].final_val_loss]
     if not found:
         return None, "ReLoRA/GaLore runs missing"
-    ok = all(r.final_val_loss > base.final_val_loss for _, r in found)
+    ok = _all_some_none([r.final_val_loss > base.final_val_loss for _, r in found])
     return ok, "; ".join(f"{n}: {fmt_loss(r.final_val_loss)} ({r.delta_loss:+.4f} vs baseline)"
                          for n, r in found)
 
