@@ -22,7 +22,6 @@ full state at that point anyway, and `growlm export` then reads them like any ot
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import shutil
 import warnings
 from pathlib import Path
@@ -80,16 +79,8 @@ def _flatten(model, model_sd: dict, optim_sd: dict, sharded_only: bool = True) -
     return tensors, rest, aliases
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _describe(files: list[Path], root: Path) -> dict:
-    return {f.relative_to(root).as_posix(): {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+    return {f.relative_to(root).as_posix(): {"bytes": f.stat().st_size, "sha256": ckpt._sha256(f)}
             for f in files}
 
 
