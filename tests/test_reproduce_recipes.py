@@ -41,7 +41,8 @@ def test_every_method_lands_on_the_baselines_flops(methods, scale_name, tmp_path
         if m.name in ("standard", "galore"):
             assert info["steps"] == B
             continue
-        assert info["flops_ratio"] == pytest.approx(1.0, abs=1e-3), m.name
+        # whole steps: off by at most half a last-stage step, which costs at most a baseline step
+        assert info["flops_ratio"] == pytest.approx(1.0, abs=0.5 / B), m.name
         assert info["steps"][0] == first_stage[m.name], m.name
 
 

@@ -48,9 +48,10 @@ SCALES = {
                    batch_tokens=256, micro_batch=8, steps=24, eval_tokens=1024, lr=3e-3,
                    eval_limit=10, prepare={"max_tokens": 300_000,
                                            "tokenizer_sample_chars": 3_000_000}),
-    # ~100 min on 2 cores (29 runs of ~3.2 min): 2.2M parameters, 23% of them embedding + head
+    # ~55 min on 2 idle cores (29 runs, ~2 min per full-budget run): 2.2M parameters, 23% of
+    # them embedding + head
     "cpu": Scale("cpu", d_model=128, n_heads=4, ffn=384, n_layers=8, vocab=2048, seq_len=128,
-                 batch_tokens=2048, micro_batch=16, steps=600, eval_tokens=16384, lr=3e-3,
+                 batch_tokens=2048, micro_batch=16, steps=360, eval_tokens=16384, lr=3e-3,
                  eval_limit=100),
     # one GPU: 35M parameters (24% embedding + head), 33k-token batches, ~16M tokens per run
     "gpu": Scale("gpu", d_model=512, n_heads=8, ffn=1536, n_layers=8, vocab=8192, seq_len=512,

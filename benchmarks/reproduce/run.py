@@ -1,7 +1,7 @@
 """Tiny reproduction of the seed papers' comparisons, at equal FLOPs, in one command.
 
     python benchmarks/reproduce/run.py --smoke        # a few minutes: checks the pipeline
-    python benchmarks/reproduce/run.py                # CPU scale, ~100 min on 2 cores
+    python benchmarks/reproduce/run.py                # CPU scale, ~1 hour on 2 cores
     python benchmarks/reproduce/run.py --gpu          # one GPU, ~200x the CPU run's compute
 
 Steps (each resumable: re-running the command skips what is done):
