@@ -13,7 +13,8 @@ It prints them next to two estimates:
 * **paper**: `growlm.plan.memory.model_state_bytes` = 16·P_trainable + 2·P_frozen +
   16·P_adapter. Both seed papers assume bf16 mixed precision: bf16 weight (2) and gradient (2),
   fp32 master copy (4) and Adam moments (8) for a trainable parameter, only the bf16 weight (2)
-  for a frozen one. GaLore's low-rank optimizer state is outside that formula.
+  for a frozen one; a GaLore-projected m×n weight 8·m·n plus its fp32 moments (8·r·max(m, n))
+  and projector (4·r·min(m, n)), as `growlm.plan.memory.galore_matrix_bytes` counts it.
 * **dtype-aware**: the same accounting for how the tensors are really stored here. growlm keeps
   weights in fp32 (on CUDA bf16 is autocast compute, not storage), so a trainable parameter is
   4 (weight) + 4 (gradient) + 8 (Adam) = 16 bytes — the same 16, with no separate master copy —
@@ -42,7 +43,7 @@ from frozen_speed import Setup, build_setup, train_step  # benchmarks/ is on sys
 
 from growlm.model import ModelConfig, Transformer
 from growlm.optim.galore import GaLoreAdamW
-from growlm.plan.memory import activation_bytes, model_state_bytes
+from growlm.plan.memory import activation_bytes, galore_saving_bytes, model_state_bytes
 
 SETUPS = ("full", "frozen_embed_head", "frozen_lower", "step_relora", "galore")
 MiB = 2**20
@@ -95,7 +96,11 @@ def dtype_aware_bytes(s: Setup) -> int:
 def paper_bytes(s: Setup) -> int:
     adapter = sum(s.adapters.values())
     trainable = s.count(True) - adapter
-    return model_state_bytes(trainable, s.count(False), adapter)
+    total = model_state_bytes(trainable, s.count(False), adapter)
+    if isinstance(s.opt, GaLoreAdamW):
+        total -= sum(galore_saving_bytes([tuple(p.shape) for p in g["params"] if p.dim() == 2],
+                                         g["rank"]) for g in s.opt.param_groups if g["rank"] is not None)
+    return total
 
 
 def parse_args() -> argparse.Namespace:
@@ -147,7 +152,8 @@ def report(rows: list[dict], cuda: bool) -> None:
               f"{r['dtype_aware'] / MiB:10.1f}{total / r['paper']:11.3f}"
               f"{total / r['dtype_aware']:11.3f}{total / full:9.3f}")
     print("MiB; measured = distinct storages of parameters + gradients + optimizer state after "
-          "step 2; paper = 16·P_trainable + 2·P_frozen + 16·P_adapter; dtype-aware = as stored "
+          "step 2; paper = 16·P_trainable + 2·P_frozen + 16·P_adapter (GaLore: its projected state); "
+          "dtype-aware = as stored "
           "(fp32 weights: frozen 4 B/param, trainable 4+4+8).")
     if cuda:
         print(f"\n{'setup':<18}{'peak':>10}{'state (dt)':>11}{'activ.':>10}{'estimate':>10}"

@@ -24,6 +24,7 @@ from growlm.freeze import apply_freeze, parameter_names, select_frozen
 from growlm.model.config import ModelConfig
 from growlm.model.llama import Transformer, cross_entropy
 from growlm.plan.flops import count_flops
+from growlm.plan.memory import galore_saving_bytes, galore_shapes, model_state_bytes, param_counts
 from growlm.train.build import build_optimizer
 
 T, B = 16, 2
@@ -82,6 +83,31 @@ def test_frozen_params_get_no_grad_and_no_optimizer_state(name, optimizer):
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert {id(p) for p in opt.state} == trainable
     assert all(torch.equal(p, before[id(p)]) for p in frozen_params(model))
+
+
+@pytest.mark.parametrize("name, rank", [("full", 4), ("frozen_lower", 4), ("full", 1000)])
+def test_galore_state_is_what_the_planner_counts(name, rank):
+    """Live weights + gradients + optimizer state after a GaLore step against the estimate.
+
+    Storage is fp32, so a frozen weight takes 4 bytes where the estimate's bf16 convention
+    counts 2; every other byte must match exactly (rank 1000 exceeds every matrix: full rank)."""
+    model, frozen, _ = build(name)
+    opt = build_optimizer(model, OptimSection(galore=GaloreSection(rank=rank)), "galore", 1e-2,
+                          torch.device("cpu"))
+    x, y = batch()
+    cross_entropy(model(x), y).backward()
+    opt.step()
+    params = {id(p): p for p in model.parameters()}.values()
+    live = sum(p.numel() * 4 for p in params)
+    live += sum(p.grad.numel() * 4 for p in params if p.grad is not None)
+    live += sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values()
+                if torch.is_tensor(v))
+    counts = param_counts(CFG, frozen)
+    estimate = (model_state_bytes(counts["trainable"], counts["frozen"])
+                - galore_saving_bytes(galore_shapes(CFG, frozen), rank))
+    assert live == estimate + 2 * counts["frozen"]
+    saving = galore_saving_bytes(galore_shapes(CFG, frozen), rank)
+    assert saving > 0 if rank < CFG.d_model else saving < 0  # at full rank the projector is overhead
 
 
 def test_tied_embedding_frozen_under_both_names():

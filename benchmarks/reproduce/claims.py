@@ -41,12 +41,14 @@ def claim_a(runs: dict[str, Run]) -> tuple[bool | None, str]:
     if not ws1 or not ws0:
         return None, "word similarity was not evaluated"
     a, b = summary_score(ws1), summary_score(ws0)
-    wins = sum(1 for d in ws1 if d in ws0 and ws1[d]["embedding"] > ws0[d]["embedding"])
+    measurable = [d for d in ws1 if d in ws0
+                  and not math.isnan(ws1[d]["embedding"]) and not math.isnan(ws0[d]["embedding"])]
+    wins = sum(1 for d in measurable if ws1[d]["embedding"] > ws0[d]["embedding"])
     cov = ", ".join(f"{d} {ws0[d]['kept']}/{ws0[d]['total']}" for d in ws0)
     ok = None if math.isnan(a) or math.isnan(b) else a > b
     return ok, (f"mean Spearman rho of the input embedding: One Layer (Attn) stage-1 embedding "
                 f"(frozen, so the final model's) {a:.3f} vs baseline {b:.3f}; higher on {wins} of "
-                f"{len(ws1)} datasets (word pairs with single-token words in the BPE vocabulary: {cov})")
+                f"{len(measurable)} measurable datasets (word pairs with single-token words in the BPE vocabulary: {cov})")
 
 
 def claim_b(outcomes: dict[str, dict], scale: M.Scale) -> tuple[bool | str | None, str]:
@@ -64,6 +66,12 @@ def claim_b(outcomes: dict[str, dict], scale: M.Scale) -> tuple[bool | str | Non
                      f"({len(higher)} of {len(reuse)} higher)")
 
 
+def _lower(reduction: float | None) -> str:
+    if reduction is None:
+        return "not measured"
+    return f"{reduction:.1%} lower" if reduction >= 0 else f"{-reduction:.1%} higher"
+
+
 def claim_c(rows: dict[str, cmp.Row], base: cmp.Row) -> tuple[bool | str | None, str]:
     parts, oks = [], []
     for name in ("step-2stage", "step-3stage"):
@@ -75,8 +83,8 @@ def claim_c(rows: dict[str, cmp.Row], base: cmp.Row) -> tuple[bool | str | None,
         oks.append(match and lower)
         parts.append(f"{name}: val loss {fmt_loss(r.final_val_loss)} vs {fmt_loss(base.final_val_loss)} "
                      f"({'within' if match else 'not within'} {MATCH_TOLERANCE:.0%}), peak memory "
-                     f"{fmt_pct(r.mem_reduction_estimated)} estimated / "
-                     f"{fmt_pct(r.mem_reduction_measured)} measured reduction")
+                     f"{_lower(r.mem_reduction_estimated)} (estimated) / "
+                     f"{_lower(r.mem_reduction_measured)} (measured)")
     if not oks:
         return None, "STEP runs missing"
     return _all_some_none(oks), "; ".join(parts)

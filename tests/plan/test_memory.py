@@ -12,6 +12,8 @@ from growlm.plan.memory import (
     activation_bytes,
     adapter_params,
     adapter_params_by_linear,
+    galore_matrix_bytes,
+    galore_shapes,
     model_state_bytes,
     param_counts,
 )
@@ -25,6 +27,22 @@ def test_model_state_bytes():
     assert model_state_bytes(10, 100, 3) == 16 * 10 + 2 * 100 + 16 * 3
     with pytest.raises(GrowlmError, match="frozen parameter count"):
         model_state_bytes(1, -1)
+
+
+def test_galore_matrix_bytes():
+    # 8 bytes per weight; moments on the r×max side, the projector on the r×min side
+    assert galore_matrix_bytes((384, 128), 32) == 8 * 384 * 128 + 8 * 32 * 384 + 4 * 32 * 128
+    assert galore_matrix_bytes((128, 384), 32) == galore_matrix_bytes((384, 128), 32)
+    assert galore_matrix_bytes((64, 16), 100) == 8 * 64 * 16 + 8 * 16 * 64 + 4 * 16 * 16
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_galore_projects_the_trainable_layer_matrices(tied):
+    cfg = CFG.with_(tie_embeddings=tied)
+    shapes = galore_shapes(cfg, LOWER)
+    d, f = cfg.d_model, cfg.hidden_dim
+    per_layer = [(d, d)] * 4 + [(f, d), (f, d), (d, f)]
+    assert sorted(shapes) == sorted(per_layer * (cfg.n_layers - 2))  # no embedding, head, norms
 
 
 @pytest.mark.parametrize("tied", [False, True])

@@ -166,3 +166,25 @@ def test_existing_run_needs_resume_and_same_recipe(write_recipe):
 def test_batch_not_divisible_by_micro_batch(write_recipe):
     with pytest.raises(GrowlmError, match="not divisible"):
         train(write_recipe('[[stage]]\nsteps = 2\n', n_layers=2), "train.micro_batch_size=3")
+
+
+def test_galore_stage_memory_estimate_matches_the_live_tensors(write_recipe):
+    from growlm.plan import plan_recipe
+
+    recipe = write_recipe("""
+[optim]
+name = "galore"
+galore = { rank = 4, update_gap = 2 }
+[[stage]]
+name = "g"
+steps = 3
+lr = 3e-3
+""", name="galore")
+    trainer, _ = train(recipe)
+    rows = [json.loads(x) for x in (trainer.out / "metrics.jsonl").read_text().splitlines()]
+    end = next(r for r in rows if r["kind"] == "stage" and r["event"] == "end")
+    # nothing frozen and fp32 storage: the estimate is exact
+    assert end["memory"]["estimated_bytes"] == end["memory"]["measured_peak_bytes"]
+    plan = plan_recipe(load_recipe(recipe))
+    assert plan["stages"][0]["memory"]["model_state_bytes"] == end["memory"]["estimated_bytes"]
+    assert plan["stages"][0]["memory"]["model_state_bytes"] < plan["baseline"]["memory"]["model_state_bytes"]

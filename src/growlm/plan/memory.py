@@ -5,6 +5,12 @@ a trainable parameter costs 16 bytes — bf16 weight (2) and gradient (2), fp32 
 and two fp32 Adam moments (8) — a frozen one only its bf16 weight (2 bytes), and an adapter
 parameter is trainable (16 bytes): ``16·P_trainable + 2·P_frozen + 16·P_adapter``.
 
+**GaLore** (Zhao et al. 2024) keeps Adam's moments on a rank-r projection of each projected
+m×n gradient: such a weight costs its bf16 weight and gradient and fp32 master copy
+(8·m·n), two fp32 moments of r·max(m, n) values and the fp32 projector of r·min(m, n)
+values, ``8·m·n + 8·r·max(m, n) + 4·r·min(m, n)`` bytes instead of 16·m·n. The weights it
+does not project (embedding, head, norms) cost the usual 16 bytes.
+
 **Activations** per micro-batch of B sequences of T tokens, in the spirit of Korthikanti et
 al. 2022 ("Reducing Activation Recomputation in Large Transformer Models", whose GPT layer
 keeps ``T·B·d·(34 + 5·heads·T/d)`` bytes), redone for this model: RMSNorm, SwiGLU, no dropout,
@@ -61,6 +67,35 @@ def model_state_bytes(trainable: int, frozen: int, adapter: int = 0) -> int:
         if n < 0:
             raise GrowlmError(f"{what} parameter count must be ≥ 0, got {n}")
     return BYTES_TRAINABLE * trainable + BYTES_FROZEN * frozen + BYTES_ADAPTER * adapter
+
+
+def galore_matrix_bytes(shape: tuple[int, int], rank: int) -> int:
+    """Model state of one GaLore-projected m×n weight (see the module docstring)."""
+    m, n = shape
+    r = min(rank, m, n)  # the SVD of an m×n gradient has min(m, n) directions
+    return 8 * m * n + 8 * r * max(m, n) + 4 * r * min(m, n)
+
+
+def galore_saving_bytes(shapes, rank: int) -> int:
+    """Bytes GaLore saves against AdamW's 16 per parameter on the projected `shapes`."""
+    return sum(BYTES_TRAINABLE * m * n - galore_matrix_bytes((m, n), rank) for m, n in shapes)
+
+
+def galore_shapes(cfg: ModelConfig, frozen: set[str]) -> list[tuple[int, int]]:
+    """Shapes of the trainable weights growlm's GaLore projects: the 2-D ones outside the
+    embedding and head (`growlm.optim.galore.DEFAULT_REGULAR`), each parameter once."""
+    from growlm.optim.galore import DEFAULT_REGULAR
+
+    state = Trainability(cfg, frozen)
+    seen: set[str] = set()
+    out = []
+    for w in state.weights:
+        if w.param in seen or len(w.shape) != 2 or not state.trainable(w):
+            continue
+        seen.add(w.param)
+        if not any(fnmatch.fnmatchcase(w.param, g) for g in DEFAULT_REGULAR):
+            out.append(w.shape)
+    return out
 
 
 # ---------------------------------------------------------------- parameters

@@ -18,6 +18,8 @@ from growlm.plan.flops import count_flops
 from growlm.plan.memory import (
     activation_bytes,
     adapter_params_by_linear,
+    galore_saving_bytes,
+    galore_shapes,
     model_state_bytes,
     param_counts,
 )
@@ -26,10 +28,12 @@ from growlm.units import human_bytes, human_count
 
 
 def _stage_entry(model: ModelConfig, frozen: set[str], adapters: dict[str, int], tokens: int,
-                 batch: int, seq_len: int) -> dict:
+                 batch: int, seq_len: int, galore_rank: int | None = None) -> dict:
     params = param_counts(model, frozen, adapters)
     fc = count_flops(model, frozen, adapters, seq_len)
     state = model_state_bytes(params["trainable"], params["frozen"], params["adapter"])
+    if galore_rank is not None:
+        state -= galore_saving_bytes(galore_shapes(model, frozen), galore_rank)
     act = activation_bytes(model, batch, seq_len, frozen, adapters)
     act_ckpt = activation_bytes(model, batch, seq_len, frozen, adapters, checkpointing=True)
     per_token = {"seed": fc.seed, "exact": fc.exact_total, "attention": fc.attention}
@@ -50,14 +54,6 @@ def _stage_entry(model: ModelConfig, frozen: set[str], adapters: dict[str, int],
     }
 
 
-def _notes(stage) -> list[str]:
-    notes = []
-    if stage.optimizer == "galore":
-        notes.append(f"{stage.name}: GaLore's low-rank optimizer state is not modelled; "
-                     "model state is counted as for AdamW (an upper bound)")
-    return notes
-
-
 def plan_recipe(cfg, frozen_sets: list[set[str]] | None = None, run_dir: Path | None = None) -> dict:
     """The content of plan.json for a validated RunConfig.
 
@@ -72,7 +68,8 @@ def plan_recipe(cfg, frozen_sets: list[set[str]] | None = None, run_dir: Path | 
     entries, cum = [], {"seed": 0, "exact": 0}
     for stage, frozen in zip(stages, frozen_sets):
         adapters = adapter_params_by_linear(stage.model, stage.spec.adapters, frozen)
-        e = _stage_entry(stage.model, frozen, adapters, stage.tokens, batch, seq_len)
+        rank = cfg.optim.galore.rank if stage.optimizer == "galore" else None
+        e = _stage_entry(stage.model, frozen, adapters, stage.tokens, batch, seq_len, rank)
         for k in cum:
             cum[k] += e["flops"][k]
         spec = stage.spec
@@ -81,8 +78,7 @@ def plan_recipe(cfg, frozen_sets: list[set[str]] | None = None, run_dir: Path | 
                         "freeze": list(spec.freeze), "frozen_tensors": len(frozen),
                         "adapters": None if spec.adapters is None else
                         {"kind": spec.adapters.kind, "rank": spec.adapters.rank},
-                        **e, "cumulative_flops": dict(cum),
-                        "notes": _notes(stage)})
+                        "optimizer": stage.optimizer, **e, "cumulative_flops": dict(cum)})
     total_tokens = sum(e["tokens"] for e in entries)
     base = _stage_entry(cfg.model, set(), {}, total_tokens, batch, seq_len)
     peak = max(e["memory"]["total_bytes"] for e in entries)
@@ -187,7 +183,6 @@ def format_plan(plan: dict) -> str:
         if m:
             lines.append(f"{'  measured':<14}{'':>45}{m['flops_seed']:>12.3g}{m['flops']:>13.3g}"
                          f"{'':>20}{'':>33}{human_bytes(m['peak_bytes']) if m['peak_bytes'] else '-':>11}")
-    lines += [f"note: {n}" for e in plan["stages"] for n in e.get("notes", [])]
     t, b, c = plan["total"], plan["baseline"], plan["comparison"]
     lines.append(f"{'total':<14}{'':>36}{human_count(t['tokens']):>9}{t['flops']['seed']:>12.3g}"
                  f"{t['flops']['exact']:>13.3g}{t['flops']['attention']:>9.2g}"

@@ -165,7 +165,7 @@ class StageRuntime:
 
     def _account(self) -> None:
         from growlm.plan.flops import count_flops
-        from growlm.plan.memory import model_state_bytes
+        from growlm.plan.memory import galore_saving_bytes, model_state_bytes
 
         adapter_params = {}
         for name, mod in self.model.named_modules():
@@ -185,8 +185,12 @@ class StageRuntime:
                        "total": trainable + frozen + n_adapter}
         fc = count_flops(self.stage.model, self.frozen, adapter_params, self.t.cfg.data.seq_len)
         self.fpt = {"seed": int(fc.seed), "exact": int(fc.exact_total), "attention": int(fc.attention)}
-        self.mem = {"estimated_bytes": int(model_state_bytes(trainable, frozen, n_adapter)),
-                    "measured_peak_bytes": 0}
+        estimate = model_state_bytes(trainable, frozen, n_adapter)
+        for group in self.opt.param_groups:
+            if group.get("rank") is not None:  # GaLore: the projected matrices' smaller state
+                estimate -= galore_saving_bytes([tuple(p.shape) for p in group["params"]
+                                                 if p.dim() == 2], group["rank"])
+        self.mem = {"estimated_bytes": int(estimate), "measured_peak_bytes": 0}
 
     # ------------------------------------------------------------------ training
     def _stage_event(self, event: str) -> None:
