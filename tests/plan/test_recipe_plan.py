@@ -90,6 +90,8 @@ def test_step_recipe_plan(tmp_path):
     assert plan["total"]["peak_bytes"] == max(s["memory"]["total_bytes"] for s in plan["stages"])
     assert plan["comparison"]["flops_ratio_exact"] < 1
     assert plan["measured_from"] is None and s1["measured"] is None
+    lower = plan["comparison"]["peak_reduction"]
+    assert f"{lower:.1%} {'lower' if lower >= 0 else 'higher'} (" in format_plan(plan)
     json.dumps(plan)  # plan.json must serialise
 
 
