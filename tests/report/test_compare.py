@@ -73,6 +73,24 @@ def test_flops_to_baseline_loss_includes_stage_one_and_gives_the_saving(runs_roo
     assert r.flops == 8e13 and r.flops_seed == pytest.approx(7.2e13)
 
 
+def test_a_small_first_stage_below_the_target_does_not_count(runs_root, shards, make_run):
+    base = make_run(runs_root, "standard", BASE_CURVE, shards=shards)
+    # stage 1 dips to 2.0 (under the 2.5 target), the grown model starts at 2.6 and crosses later
+    curve = [(1e12, 3.0), (5e12, 2.0), (2e13, 2.6), (4e13, 2.4), (6e13, 2.3)]
+    dips = make_run(runs_root, "dips", curve, n_stages=2, stage_of_point=[0, 0, 1, 1, 1], shards=shards)
+    # already below the target at the grown model's first evaluation: an upper bound
+    early = make_run(runs_root, "early", [(1e12, 2.2), (3e13, 2.4), (6e13, 2.1)], n_stages=2,
+                     stage_of_point=[0, 1, 1], shards=shards)
+    # still in stage 1 of 2: the final model has no evaluation yet
+    running = make_run(runs_root, "running", [(1e12, 2.0)], n_stages=2, stage_ends=[],
+                       shards=shards)
+    runs, b = cmp.load_runs([dips, early, running], base)
+    rows = {r.name: r for r in cmp.summarize(runs, b, interp="linear")}
+    assert rows["dips"].flops_to_target == pytest.approx(3e13) and not rows["dips"].to_target_bound
+    assert (rows["early"].flops_to_target, rows["early"].to_target_bound) == (3e13, True)
+    assert rows["running"].flops_to_target is None and rows["running"].saving is None
+
+
 def test_seed_formula_flops_can_be_chosen(runs_root, shards, make_run):
     base, staged = _pair(make_run, runs_root, shards)
     runs, b = cmp.load_runs([staged], base)

@@ -188,3 +188,12 @@ lr = 3e-3
     plan = plan_recipe(load_recipe(recipe))
     assert plan["stages"][0]["memory"]["model_state_bytes"] == end["memory"]["estimated_bytes"]
     assert plan["stages"][0]["memory"]["model_state_bytes"] < plan["baseline"]["memory"]["model_state_bytes"]
+
+
+def test_progress_in_a_log_is_plain_lines(write_recipe, run_cli):
+    """stdout not a terminal (a log file, a batch job): lines, no carriage-return bar."""
+    proc = run_cli("train", str(write_recipe(name="logged")), check=True)
+    assert "\r" not in proc.stdout + proc.stderr
+    lines = [x for x in proc.stdout.splitlines() if " step " in x and x.split()[0] in ("small", "grown")]
+    assert [x.split()[:3] for x in lines][-2:] == [["grown", "step", "5/6"], ["grown", "step", "6/6"]]
+    assert all("loss" in x and "tok_s" in x for x in lines)

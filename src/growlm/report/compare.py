@@ -1,11 +1,13 @@
 """Equal-compute comparison of runs against a baseline: the numbers behind `growlm compare`.
 
-**FLOPs to reach the baseline's loss** (the seeds' Table 2 metric): walk a run's validation
-curve (loss at each evaluation against cumulative training FLOPs, every stage included, so a
-staged run is charged for its small first stage) and find the first point at or below the
-baseline's final validation loss. Between the evaluation before and the one at the crossing the
-loss is interpolated linearly in log(FLOPs) by default ("log"), or linearly in FLOPs ("linear").
-A run whose very first evaluation is already at or below the target gets that evaluation's
+**FLOPs to reach the baseline's loss** (the seeds' Table 2 metric): walk the validation curve
+of a run's final model (loss at each evaluation of the stages that train the final shape,
+against cumulative training FLOPs, every stage included, so a staged run is charged for its
+small first stage) and find the first point at or below the baseline's final validation loss.
+A smaller model of an earlier stage that reaches that loss does not count: the run's product is
+its final model. Between the evaluation before and the one at the crossing the loss is
+interpolated linearly in log(FLOPs) by default ("log"), or linearly in FLOPs ("linear"). A run
+whose first final-model evaluation is already at or below the target gets that evaluation's
 FLOPs as an upper bound ("≤"); a run that never gets there has no value. The saving is
 ``1 − F_run / F_baseline``, where F_baseline is the baseline's FLOPs at its final evaluation.
 
@@ -115,7 +117,7 @@ def summarize(runs: Sequence[Run], baseline: Run, interp: str = "log",
     base_measured, base_estimated = baseline.peak_memory()
     rows = []
     for run in [baseline, *[r for r in runs if r is not baseline]]:
-        xs, ys = run.curve(key)
+        xs, ys = run.curve(key, final_model=True)
         ftt, bound = flops_to_target(xs, ys, target, interp) if target is not None else (None, False)
         if run is baseline and base_flops is not None:
             ftt, bound = base_flops, False  # by definition: its whole budget

@@ -70,10 +70,23 @@ class Run:
     def wall_time(self) -> float:
         return self.total("time")
 
-    def curve(self, x: str = "flops") -> tuple[list[float], list[float]]:
-        """(x, validation loss) at every evaluation; x is "flops", "flops_seed" or "tokens"."""
-        pts = [(float(r.get(x) or 0), float(r["val_loss"])) for r in self.evals if x in r]
+    def curve(self, x: str = "flops", final_model: bool = False) -> tuple[list[float], list[float]]:
+        """(x, validation loss) at every evaluation; x is "flops", "flops_seed" or "tokens".
+
+        `final_model`: only the evaluations of stages that train the final shape."""
+        stages = self.final_model_stages() if final_model else None
+        pts = [(float(r.get(x) or 0), float(r["val_loss"])) for r in self.evals
+               if x in r and (stages is None or r.get("stage", 0) in stages)]
         return [p[0] for p in pts], [p[1] for p in pts]
+
+    def final_model_stages(self) -> set[int] | None:
+        """The stages whose model is the last stage's (empty while the last stage has not
+        started); None when the stage records carry no model, so every stage counts."""
+        models = {r["stage"]: r["model"] for r in self.stage_records if r.get("model")}
+        if not models:
+            return None
+        final = models.get(self.n_stages - 1)
+        return {s for s, m in models.items() if m == final} if final is not None else set()
 
     def stage_starts(self, x: str = "flops") -> list[tuple[float, str]]:
         """Where each stage after the first began, on axis x, with the stage's name."""

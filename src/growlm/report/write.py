@@ -97,8 +97,9 @@ def format_table(runs: Sequence[str | Path | Run], baseline: str | Path | Run,
              _to_target(r), fmt_pct(r.saving), fmt_bytes(r.peak_measured),
              fmt_pct(r.mem_reduction_measured), fmt_bytes(r.peak_estimated),
              fmt_pct(r.mem_reduction_estimated), fmt_time(r.wall_time)] for r in rows]
-    note = (f"* baseline. FLOPs: {flops} count; FLOPs to base loss: first point of the val curve at "
-            f"or below the baseline's final loss, interpolated {INTERP_TEXT[interp]}.")
+    note = (f"* baseline. FLOPs: {flops} count; FLOPs to base loss: first point of the final "
+            f"model's val curve at or below the baseline's final loss, interpolated "
+            f"{INTERP_TEXT[interp]}.")
     return plain_table(header, body, "llrrrrrrrrrr") + "\n" + note
 
 
@@ -146,10 +147,11 @@ def _notes(runs: Sequence[Run], base: Run, warnings: list[str], interp: str, flo
              f"FLOPs: the trainer's cumulative counts, every stage included; \"exact\" counts "
              f"frozen weights' input gradients and the attention core, the seed formula is "
              f"6·N_trainable + 2·N_frozen. Comparisons use the {flops} count.",
-             f"FLOPs to baseline loss: the first point where the validation curve reaches the "
-             f"baseline's final loss ({fmt_loss(base.final_val_loss)}), interpolated "
+             f"FLOPs to baseline loss: the first point where the validation curve of the final "
+             f"model (the stages that train the final shape; FLOPs of every stage included) "
+             f"reaches the baseline's final loss ({fmt_loss(base.final_val_loss)}), interpolated "
              f"{INTERP_TEXT[interp]} between evaluations; '≤' marks a run already below it at its "
-             f"first evaluation (an upper bound). Saving = 1 − FLOPs / baseline FLOPs.",
+             f"first final-model evaluation (an upper bound). Saving = 1 − FLOPs / baseline FLOPs.",
              "Reductions are relative to the baseline; negative = more than the baseline. Train "
              "time is the sum of the optimizer steps' times (evaluations and checkpoints excluded); "
              "tokens/s = tokens / train time."]
