@@ -16,6 +16,7 @@ from growlm.report import compare as cmp
 from growlm.report.document import Bullets, Heading, Paragraph, Table
 from growlm.report.runs import Run, load_run
 from growlm.report.write import fmt_loss, fmt_pct, write_report
+from growlm.units import lower_or_higher
 
 MATCH_TOLERANCE = 0.01  # "matches the baseline": final val loss within 1% of the baseline's
 
@@ -67,9 +68,7 @@ def claim_b(outcomes: dict[str, dict], scale: M.Scale) -> tuple[bool | str | Non
 
 
 def _lower(reduction: float | None) -> str:
-    if reduction is None:
-        return "not measured"
-    return f"{reduction:.1%} lower" if reduction >= 0 else f"{-reduction:.1%} higher"
+    return "not measured" if reduction is None else lower_or_higher(reduction)
 
 
 def claim_c(rows: dict[str, cmp.Row], base: cmp.Row) -> tuple[bool | str | None, str]:

@@ -52,3 +52,8 @@ def human_bytes(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.3g} {unit}"
     return f"{int(n)} B"
+
+
+def lower_or_higher(reduction: float) -> str:
+    """A relative reduction as words: 0.382 → "38.2% lower", -0.05 → "5.0% higher"."""
+    return f"{reduction:.1%} lower" if reduction >= 0 else f"{-reduction:.1%} higher"

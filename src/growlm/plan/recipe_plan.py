@@ -24,7 +24,7 @@ from growlm.plan.memory import (
     param_counts,
 )
 from growlm.stages import resolve_stages
-from growlm.units import human_bytes, human_count
+from growlm.units import human_bytes, human_count, lower_or_higher
 
 
 def _stage_entry(model: ModelConfig, frozen: set[str], adapters: dict[str, int], tokens: int,
@@ -159,10 +159,6 @@ def measured_by_stage(path: Path) -> dict[int, dict]:
 
 # ---------------------------------------------------------------- text
 
-def _lower(reduction: float) -> str:
-    return f"{reduction:.1%} lower" if reduction >= 0 else f"{-reduction:.1%} higher"
-
-
 def format_plan(plan: dict) -> str:
     """A fixed-width table of the plan for the terminal."""
     head = (f"{'stage':<14}{'layers':>7}{'trainable':>11}{'frozen':>9}{'adapter':>9}{'tokens':>9}"
@@ -198,8 +194,8 @@ def format_plan(plan: dict) -> str:
         f"{human_count(b['tokens_at_equal_compute'])} tokens")
     lines.append(
         f"peak memory {human_bytes(t['peak_bytes'])} vs {human_bytes(b['memory']['total_bytes'])}: "
-        f"{_lower(c['peak_reduction'])} ({_lower(c['peak_reduction_checkpointed'])} with "
-        f"activation checkpointing, {_lower(c['model_state_peak_reduction'])} model state only); "
+        f"{lower_or_higher(c['peak_reduction'])} ({lower_or_higher(c['peak_reduction_checkpointed'])} with "
+        f"activation checkpointing, {lower_or_higher(c['model_state_peak_reduction'])} model state only); "
         f"FLOPs {c['flops_ratio_exact']:.3f}× the baseline's (exact), "
         f"{c['flops_ratio_seed']:.3f}× (seeds' formula)")
     return "\n".join(lines)
