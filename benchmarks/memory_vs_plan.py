@@ -43,7 +43,7 @@ from frozen_speed import Setup, build_setup, train_step  # benchmarks/ is on sys
 
 from growlm.model import ModelConfig, Transformer
 from growlm.optim.galore import GaLoreAdamW
-from growlm.plan.memory import activation_bytes, galore_saving_bytes, model_state_bytes
+from growlm.plan.memory import activation_bytes, galore_groups_saving, model_state_bytes
 
 SETUPS = ("full", "frozen_embed_head", "frozen_lower", "step_relora", "galore")
 MiB = 2**20
@@ -96,11 +96,7 @@ def dtype_aware_bytes(s: Setup) -> int:
 def paper_bytes(s: Setup) -> int:
     adapter = sum(s.adapters.values())
     trainable = s.count(True) - adapter
-    total = model_state_bytes(trainable, s.count(False), adapter)
-    if isinstance(s.opt, GaLoreAdamW):
-        total -= sum(galore_saving_bytes([tuple(p.shape) for p in g["params"] if p.dim() == 2],
-                                         g["rank"]) for g in s.opt.param_groups if g["rank"] is not None)
-    return total
+    return model_state_bytes(trainable, s.count(False), adapter) - galore_groups_saving(s.opt.param_groups)
 
 
 def parse_args() -> argparse.Namespace:

@@ -81,6 +81,12 @@ def galore_saving_bytes(shapes, rank: int) -> int:
     return sum(BYTES_TRAINABLE * m * n - galore_matrix_bytes((m, n), rank) for m, n in shapes)
 
 
+def galore_groups_saving(param_groups) -> int:
+    """`galore_saving_bytes` over a live GaLore optimizer's groups (those with a `rank`)."""
+    return sum(galore_saving_bytes([tuple(p.shape) for p in g["params"] if p.dim() == 2], g["rank"])
+               for g in param_groups if g.get("rank") is not None)
+
+
 def galore_shapes(cfg: ModelConfig, frozen: set[str]) -> list[tuple[int, int]]:
     """Shapes of the trainable weights growlm's GaLore projects: the 2-D ones outside the
     embedding and head (`growlm.optim.galore.DEFAULT_REGULAR`), each parameter once."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 
 import torch
@@ -165,7 +166,7 @@ class StageRuntime:
 
     def _account(self) -> None:
         from growlm.plan.flops import count_flops
-        from growlm.plan.memory import galore_saving_bytes, model_state_bytes
+        from growlm.plan.memory import galore_groups_saving, model_state_bytes
 
         adapter_params = {}
         for name, mod in self.model.named_modules():
@@ -185,11 +186,8 @@ class StageRuntime:
                        "total": trainable + frozen + n_adapter}
         fc = count_flops(self.stage.model, self.frozen, adapter_params, self.t.cfg.data.seq_len)
         self.fpt = {"seed": int(fc.seed), "exact": int(fc.exact_total), "attention": int(fc.attention)}
-        estimate = model_state_bytes(trainable, frozen, n_adapter)
-        for group in self.opt.param_groups:
-            if group.get("rank") is not None:  # GaLore: the projected matrices' smaller state
-                estimate -= galore_saving_bytes([tuple(p.shape) for p in group["params"]
-                                                 if p.dim() == 2], group["rank"])
+        # GaLore groups keep a smaller, projected state (0 saving for AdamW)
+        estimate = model_state_bytes(trainable, frozen, n_adapter) - galore_groups_saving(self.opt.param_groups)
         self.mem = {"estimated_bytes": int(estimate), "measured_peak_bytes": 0}
 
     # ------------------------------------------------------------------ training
@@ -409,8 +407,6 @@ class LineProgress:
 
 
 def _progress(stage, start, enabled):
-    import sys
-
     if not enabled:
         return None
     if not (sys.stdout.isatty() and sys.stderr.isatty()):  # the bar writes to stderr
