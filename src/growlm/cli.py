@@ -1,16 +1,15 @@
 """`growlm` command line. Each subcommand lives in its own module, imported only when used.
 
 A subcommand module defines `add_arguments(parser)` and `run(args) -> int`. A GrowlmError
-(bad input) becomes one line on stderr and exit code 2; a full disk one line and exit code 1;
-Ctrl-C exits 130.
+(bad input) becomes one line on stderr and exit code 2; a failed write (a full disk, a path
+through a file, no permission: see `growlm.files.write_failure`) one line and exit code 1;
+Ctrl-C exits 130 (128 + SIGINT) and SIGTERM 143 (128 + SIGTERM), in every command.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
-import os
 import sys
 
 SUBCOMMANDS = {
@@ -25,9 +24,6 @@ SUBCOMMANDS = {
     "sft": ("growlm.sft.cli", "supervised fine-tuning on instruction data"),
     "generate": ("growlm.sft.generate", "generate text from a checkpoint or HF folder"),
 }
-
-
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # one line, exit 1, like bad input
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,6 +49,7 @@ def _available() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from growlm.errors import GrowlmError
+    from growlm.files import WriteError, write_failure
 
     argv = list(sys.argv[1:] if argv is None else argv)
     available = _available()
@@ -65,18 +62,20 @@ def main(argv: list[str] | None = None) -> int:
         args = sub.parse_args(argv[1:])
         try:
             return int(module.run(args) or 0)
+        except WriteError as e:
+            print(f"growlm {argv[0]}: error: {e}", file=sys.stderr)
+            return 1
         except GrowlmError as e:
             print(f"growlm {argv[0]}: error: {e}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print(f"growlm {argv[0]}: interrupted", file=sys.stderr)
             return 130
-        except OSError as e:
-            if e.errno not in _DISK_FULL:
+        except Exception as e:  # a write that failed deep inside a library: one line too
+            failure = write_failure(e)
+            if failure is None:
                 raise
-            where = f" while writing {e.filename}" if e.filename else ""
-            print(f"growlm {argv[0]}: error: {os.strerror(e.errno)}{where}; free some space and "
-                  "run again", file=sys.stderr)
+            print(f"growlm {argv[0]}: error: {failure}", file=sys.stderr)
             return 1
     args = parser.parse_args(argv)
     if args.command is None:

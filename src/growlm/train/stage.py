@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 
 import torch
@@ -290,8 +289,8 @@ class StageRuntime:
                                "mem_bytes": self.mem["measured_peak_bytes"], "time": c.elapsed,
                                "skipped_steps": c.skipped_steps, "rollbacks": c.rollbacks})
             if bar is not None:
-                bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+                bar.update(1)
             last = stage_step + 1 == stage.steps
             if cfg.run.eval_every and (stage_step + 1) % cfg.run.eval_every == 0 and not last:
                 self._eval()
@@ -381,36 +380,7 @@ def _null():
     return contextlib.nullcontext()
 
 
-class LineProgress:
-    """Progress for a log file or a batch job (output not a terminal): a plain line every 5% of
-    the stage or every minute, where a progress bar would write carriage returns."""
-
-    def __init__(self, name: str, total: int, start: int, min_interval_s: float = 60.0):
-        self.name, self.total, self.n = name, total, start
-        self.every = max(1, total // 20)
-        self.min_interval_s = min_interval_s
-        self.last = time.monotonic()
-
-    def update(self, k: int) -> None:
-        self.n += k
-
-    def set_postfix(self, **fields) -> None:
-        now = time.monotonic()
-        if self.n % self.every and self.n != self.total and now - self.last < self.min_interval_s:
-            return
-        self.last = now
-        shown = " ".join(f"{k} {v}" for k, v in fields.items())
-        print(f"{self.name} step {self.n}/{self.total} {shown}", flush=True)
-
-    def close(self) -> None:
-        pass
-
-
 def _progress(stage, start, enabled):
-    if not enabled:
-        return None
-    if not (sys.stdout.isatty() and sys.stderr.isatty()):  # the bar writes to stderr
-        return LineProgress(stage.name, stage.steps, start)
-    from tqdm.auto import tqdm
+    from growlm.progress import progress
 
-    return tqdm(total=stage.steps, initial=start, desc=stage.name, leave=False, dynamic_ncols=True)
+    return progress(stage.steps, stage.name, enabled=enabled, initial=start, unit="step") if enabled else None
