@@ -97,12 +97,14 @@ def truncate(path: Path, keep: int = -8) -> None:
 
 
 def rehash(ckpt_dir: Path) -> None:
-    """Make meta.json agree with the files, so only the loader itself can refuse them."""
-    from growlm.train.checkpoint import _sha256
+    """Make meta.json agree with the files (and with itself), so only the loader itself can
+    refuse them."""
+    from growlm.checkpoint import _meta_digest, sha256_file
 
     meta = json.loads((ckpt_dir / "meta.json").read_text())
     for name in meta["files"]:
-        meta["files"][name] = {"bytes": (ckpt_dir / name).stat().st_size, "sha256": _sha256(ckpt_dir / name)}
+        meta["files"][name] = {"bytes": (ckpt_dir / name).stat().st_size, "sha256": sha256_file(ckpt_dir / name)}
+    meta["meta_sha256"] = _meta_digest(meta)
     (ckpt_dir / "meta.json").write_text(json.dumps(meta))
 
 
@@ -121,7 +123,8 @@ def adopt_run(c: Ctx, tmp: Path) -> str:
     recipe = copy_run(c, tmp)
     cfg = load_recipe(recipe)
     (tmp / "run" / "run.json").write_text(json.dumps(
-        {"fingerprint": stages_fingerprint(cfg), "config": cfg.model_dump(mode="json")}, indent=1))
+        {"fingerprint": stages_fingerprint(cfg), "recipe": cfg.source, "config": cfg.model_dump(mode="json")},
+        indent=1) + "\n")
     return recipe
 
 
@@ -259,10 +262,10 @@ def _prepare(t: Path, *inputs: str) -> list[str]:
 CASES = [
     # recipes
     Case("recipe/unknown-top-level-key", _train(_add("\n[modle]\nd_model = 64\n")), r"modle: unknown key"),
-    Case("recipe/unknown-stage-key", _train(_add("lrr = 0.1\n")), r"stage\.0\.lrr: unknown key"),
+    Case("recipe/unknown-stage-key", _train(_add("lrr = 0.1\n")), r"stage\.1\.lrr: unknown key"),
     Case("recipe/wrong-type-int", _train(_sub("d_model = 32", 'd_model = "big"')),
          r"model\.d_model: .*valid integer.*'big'"),
-    Case("recipe/wrong-type-list", _train(_add('freeze = "inherited"\n')), r"stage\.0\.freeze: .*valid list"),
+    Case("recipe/wrong-type-list", _train(_add('freeze = "inherited"\n')), r"stage\.1\.freeze: .*valid list"),
     Case("recipe/zero-batch", _train(_sub("micro_batch_size = 4", "micro_batch_size = 0")),
          r"train\.micro_batch_size: .*greater than 0"),
     Case("recipe/impossible-heads", _train(_sub("d_model = 32", "d_model = 30")), r"head dim .* must be even"),
@@ -271,7 +274,7 @@ CASES = [
     Case("recipe/growth-misses-final-shape", _train(GROWN), r"last stage's shape does not match \[model\]"),
     Case("recipe/unknown-grow-op", _train(_sub("[[stage]]\nsteps = 2", '[[stage]]\nn_layers = 1\nsteps = 2\n'
                                                 '[[stage]]\ngrow = { op = "explode" }\nsteps = 2')),
-         r"stage\.1\.grow\.op: Input should be"),
+         r"stage\.2\.grow\.op: Input should be"),
     Case("recipe/seq-len-over-max", _train(_sub("seq_len = 32", "seq_len = 128")),
          r"data\.seq_len \(128\) is larger than model\.max_seq_len \(64\)"),
     Case("recipe/missing-data-path", lambda c, t: ["train", c.recipe(t, data=t / "nope"), "--quiet"],
@@ -283,7 +286,7 @@ CASES = [
     Case("recipe/bad-disk-budget", _train(_sub('name = "bad"', 'name = "bad"\ndisk_budget = "lots"')),
          r"run\.disk_budget: cannot read disk_budget 'lots'"),
     Case("recipe/relora-longer-than-stage", _train(_add('adapters = { kind = "relora", rank = 2, reset_every = 5 }\n')),
-         r"reset_every \(5 steps\) is longer than the stage"),
+         r"stage\.1\.adapters\.reset_every: 5 steps is longer than the stage"),
     Case("recipe/batch-not-divisible", _train(_sub("micro_batch_size = 4", "micro_batch_size = 3")),
          r"not divisible by micro_batch_size"),
     Case("recipe/plan-unknown-key", lambda c, t: ["plan", c.recipe(t, _add("\n[modle]\n"))], r"modle: unknown key"),
@@ -356,8 +359,8 @@ CASES = [
          r"not a readable safetensors file"),
     Case("hf/missing-tensor", _hf_case(_drop_tensor), r"does not match the model config: missing"),
     # a full disk
-    Case("disk/full-during-checkpoint", _train(), r"No space left on device while writing .*model\.safetensors",
-         patch=("growlm.train.checkpoint.save_file", disk_full("model.safetensors")), new_outputs=True),
+    Case("disk/full-during-checkpoint", _train(), r"No space left on device while writing .*step_00000001; free some space",
+         patch=("growlm.checkpoint.save_file", disk_full("model.safetensors")), new_outputs=True),
     Case("disk/full-during-prepare", lambda c, t: _prepare(t, "builtin:python:50KB"),
          r"No space left on device while writing .*train_00000\.bin",
          patch=("growlm.data.shards.ShardWriter.write", _shard_write_fails)),

@@ -23,9 +23,9 @@ from growlm.config import AdapterSpec, GaloreSection, OptimSection
 from growlm.freeze import apply_freeze, parameter_names, select_frozen
 from growlm.model.config import ModelConfig
 from growlm.model.llama import Transformer, cross_entropy
+from growlm.optim.build import build_optimizer
 from growlm.plan.flops import count_flops
 from growlm.plan.memory import galore_saving_bytes, galore_shapes, model_state_bytes, param_counts
-from growlm.train.build import build_optimizer
 
 T, B = 16, 2
 CFG = ModelConfig(vocab_size=256, d_model=32, n_layers=3, n_heads=4, max_seq_len=T)
@@ -157,9 +157,9 @@ def test_backward_flops_match_exact_count(name):
         assert bwd < full_backward_flops()
 
 
-def test_seed_formula_misses_frozen_input_gradients():
+def test_6nd_formula_misses_frozen_input_gradients():
     """A frozen head, or a frozen layer above trainable ones, still passes the gradient down
-    (2·N more than the seeds' 2·N): the graph does that work, the seeds' formula leaves it out."""
+    (2·N more than the papers' 2·N): the graph does that work, the 6·N·D formula leaves it out."""
     n = CFG.params_per_layer - 2 * CFG.d_model
     norms = CFG.d_model * (2 * CFG.n_layers + 1)  # charged by count_flops, free in torch
     for name, missed in (("frozen_embed_head", CFG.vocab_size * CFG.d_model),
@@ -168,7 +168,7 @@ def test_seed_formula_misses_frozen_input_gradients():
         fwd, bwd = measured_flops(model)
         fc = count_flops(CFG, frozen, adapters, T)
         matmuls = fwd + bwd - CFG.attention_flops_per_token(T)
-        assert matmuls - fc.seed == pytest.approx(2 * missed, abs=6 * norms)
+        assert matmuls - fc.six_nd == pytest.approx(2 * missed, abs=6 * norms)
 
 
 def block_flops(model) -> dict[str, float]:

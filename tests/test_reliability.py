@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -20,9 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from growlm import checkpoint as ckpt
 from growlm.config import load_recipe
 from growlm.errors import GrowlmError
-from growlm.train import checkpoint as ckpt
+from growlm.files import WriteError
 from growlm.train.metrics import read_metrics
 from growlm.train.trainer import Stopped, Trainer
 
@@ -194,7 +196,7 @@ def test_failed_save_leaves_no_partial_directory(tmp_path, monkeypatch):
         Path(path).write_bytes(b"\x80partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
     monkeypatch.setattr(ckpt.torch, "save", full_disk)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match="No space left on device"):
         ckpt.save_checkpoint(root, 2, {"w": torch.ones(3)}, {}, {"global_step": 2})
     assert [p.name for p in root.iterdir()] == ["step_00000001"]
     ckpt.verify_checkpoint(root / "step_00000001")
@@ -238,12 +240,14 @@ def test_damaged_checkpoint_is_detected_and_skipped(tmp_path, damage):
     assert path.name == "step_00000001" and meta["global_step"] == 1
 
 
-def test_resume_falls_back_past_bit_flipped_checkpoint(stopped_run, shards, tmp_path, reference):
+def test_resume_falls_back_past_bit_flipped_checkpoint(stopped_run, shards, tmp_path, reference, capsys):
     recipe = copy_run(stopped_run, tmp_path, shards)
     newest = tmp_path / "run" / "checkpoints" / "step_00000006"
     _flip(newest / "model.safetensors", -100)
-    with pytest.warns(UserWarning, match="step_00000006.*checksum mismatch"):
-        train(recipe, resume=True)  # from step 4, the stage-1 boundary
+    capsys.readouterr()
+    train(recipe, resume=True)  # from step 4, the stage-1 boundary
+    assert re.search("warning: skipping damaged checkpoint: .*step_00000006.*checksum mismatch",
+                     capsys.readouterr().out)
     assert_same(outcome(tmp_path / "run"), reference)
 
 
@@ -305,8 +309,6 @@ def test_stop_policy_stops_at_the_first_nonfinite_step(shards, tmp_path, monkeyp
 
 
 def test_rollback_reloads_lowers_lr_and_skips_the_batch(shards, tmp_path, monkeypatch, capsys):
-    from growlm.train.stage import lr_factor
-
     # step 3: back to the step-2 checkpoint (stage 1); step 5, the first of stage 2: back to
     # the boundary checkpoint of step 4, so stage 2 is rebuilt from it
     monkeypatch.setenv("GROWLM_FAULT_NAN", "3,5")
@@ -317,9 +319,9 @@ def test_rollback_reloads_lowers_lr_and_skips_the_batch(shards, tmp_path, monkey
     assert [r["step"] for r in rows] == list(range(1, 9)), "replayed steps are logged once"
     assert all(math.isfinite(r["loss"]) for r in rows)
     for r in rows:  # LR halved from the bad step to the end of its stage
-        stage = trainer.stages[r["stage"]]
-        scale = 0.5 if r["stage_step"] >= (3 if r["stage"] == 0 else 1) else 1.0
-        assert r["lr"] == pytest.approx(stage.lr * lr_factor(stage, stage.spec, r["stage_step"] - 1) * scale)
+        stage = trainer.stages[r["stage"] - 1]
+        scale = 0.5 if r["stage_step"] >= (3 if r["stage"] == 1 else 1) else 1.0
+        assert r["lr"] == pytest.approx(stage.lr * stage.lr_factor(r["stage_step"] - 1) * scale)
     # each rollback skipped the data of the steps between its checkpoint and the bad step
     assert trainer.loader.position == (8 + 1 + 1) * SEQS_PER_STEP
     rollbacks = [r for r in read_metrics(trainer.out / "metrics.jsonl") if r["kind"] == "rollback"]
@@ -389,7 +391,8 @@ def _rehash(ckpt_dir: Path) -> None:
     meta = json.loads((ckpt_dir / "meta.json").read_text())
     for name in meta["files"]:
         f = ckpt_dir / name
-        meta["files"][name] = {"bytes": f.stat().st_size, "sha256": ckpt._sha256(f)}
+        meta["files"][name] = {"bytes": f.stat().st_size, "sha256": ckpt.sha256_file(f)}
+    meta["meta_sha256"] = ckpt._meta_digest(meta)
     (ckpt_dir / "meta.json").write_text(json.dumps(meta))
 
 
@@ -424,7 +427,7 @@ def test_crafted_pickle_in_checkpoint_is_refused(stopped_run, shards, tmp_path, 
 def _hf_folder(folder: Path) -> Path:
     from growlm.model import ModelConfig
     from growlm.model.hf import export_hf
-    from growlm.train.build import new_model
+    from growlm.train.boundary import new_model
 
     cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, max_seq_len=32)
     return export_hf(cfg, new_model(cfg, 0).state_dict(), folder)

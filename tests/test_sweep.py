@@ -6,14 +6,8 @@ import torch
 
 from growlm.cli import main
 from growlm.errors import GrowlmError
-from growlm.sweep import (
-    parse_grid,
-    resolve_best,
-    resolve_init,
-    run_sweep,
-    split_values,
-    variants,
-)
+from growlm.init_source import load_init, resolve_best, resolve_init
+from growlm.sweep import parse_grid, run_sweep, split_values, variants
 
 
 @pytest.fixture(scope="module")
@@ -217,22 +211,21 @@ def finished_sweep(tiny_shards, tmp_path_factory) -> tuple[Path, dict]:
 
 
 def test_resolve_best_gives_the_best_runs_final_checkpoint(finished_sweep):
-    from growlm.train.checkpoint import read_meta
+    from growlm.checkpoint import read_meta
 
     out, summary = finished_sweep
     ckpt = resolve_best(out)
     assert ckpt.parent.parent == out / summary["best"]
     assert read_meta(ckpt)["stage_complete"] and read_meta(ckpt)["global_step"] == 3
-    assert resolve_init(f"best:{out}") == str(ckpt)
-    assert resolve_init("runs/plain") == "runs/plain"
+    assert resolve_init(f"best:{out}") == ckpt
+    assert resolve_init("runs/plain") == Path("runs/plain")
 
 
 def test_a_stage_starts_from_the_best_run_of_a_sweep(finished_sweep, recipe, tmp_path):
-    from growlm.train.build import load_external
-    from growlm.train.checkpoint import load_model_state
+    from growlm.checkpoint import load_model_state
 
     out, summary = finished_sweep
-    _, state = load_external(f"best:{out}", "stage.1")
+    _, state = load_init(f"best:{out}", "stage.1")
     _, best_state, _ = load_model_state(out / summary["best"])
     assert all(torch.equal(state[k], best_state[k]) for k in best_state)
     # and through the trainer: a continuation run of the same shape

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from growlm.train import checkpoint as ckpt
+from growlm import checkpoint as ckpt
 from growlm.train.metrics import read_metrics
 
 RECIPE = """

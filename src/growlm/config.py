@@ -2,7 +2,14 @@
 
 A recipe is one TOML file. `[model]` is the final shape; `[[stage]]` entries run in order
 (a recipe without stages is one standard stage). Every mistake is reported as one line
-naming the key, e.g. ``recipe.toml: stage.1.grow.op: Input should be 'stack', ...``.
+naming the key, e.g. ``recipe.toml: stage.1.grow.op: Input should be 'stack', ...``. Every
+number must be finite and inside its documented range. Stages are numbered from 1 in every
+message, as in `--set stage.2.lr=...`.
+
+When the first stage starts from an `init` source, the source's model settings that are not
+shapes (RoPE base, norm eps, context length, tying, ...) are inherited by `[model]` unless the
+recipe sets them; a value the recipe sets that differs from the source's is kept and reported
+as a deliberate override (`RunConfig.init_overrides`).
 """
 
 from __future__ import annotations
@@ -12,11 +19,14 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from growlm.errors import GrowlmError
+from growlm.grow.checks import GROW_OPS
 from growlm.model.config import ModelConfig
 from growlm.units import parse_bytes, parse_count
+
+MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take it; stage seeds derive from it
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,17 +35,20 @@ else:  # pragma: no cover
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf and nan are never a setting: refuse them in every float of every section
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class RunSection(_Strict):
     name: str = "run"
     out_dir: str | None = None  # default: runs/<name>
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
     log_every: int = Field(10, gt=0)
-    eval_every: int = Field(0, ge=0)  # steps; 0 = only at the end of each stage
+    # steps between validation losses; 0 = only at the end of each stage; "auto" = about 20
+    # points over the whole run
+    eval_every: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
     eval_tokens: int = Field(65536, gt=0)  # validation tokens per evaluation
     ckpt_every: int = Field(0, ge=0)  # steps; 0 = only at stage ends
     keep_last: int = Field(2, ge=1)
@@ -46,6 +59,28 @@ class RunSection(_Strict):
     distributed: Literal["none", "ddp", "fsdp"] = "ddp"
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     dist_timeout_s: int = Field(600, gt=0)  # a collective waiting longer than this fails the run
+
+    @field_validator("name")
+    @classmethod
+    def _one_component(cls, v: str) -> str:
+        if not v or v in (".", "..") or any(c in v for c in "/\\\x00"):
+            raise ValueError("must be a single folder name (no '/', '\\', '..' or NUL), e.g. "
+                             "'step-368m'; use run.out_dir for another location")
+        return v
+
+    @field_validator("out_dir")
+    @classmethod
+    def _no_nul(cls, v: str | None) -> str | None:
+        if v is not None and ("\x00" in v or not v.strip()):
+            raise ValueError("must be a non-empty path without NUL bytes")
+        return v
+
+    @field_validator("eval_every")
+    @classmethod
+    def _cadence(cls, v):
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must be >= 0 (0: only at the end of each stage) or \"auto\"")
+        return v
 
     @field_validator("disk_budget", mode="before")
     @classmethod
@@ -65,24 +100,14 @@ class EvalSection(_Strict):
     """Benchmarks (growlm eval's tasks) scored on the model while it trains; results go to
     metrics.jsonl as "tasks" records."""
 
-    tasks: list[str] = Field(default_factory=list)  # e.g. ["hellaswag", "wikitext", "wordsim"]
+    # e.g. ["hellaswag", "wikitext", "wordsim"]; names are checked with the data files when the
+    # run starts (growlm.eval.scheduled)
+    tasks: list[str] = Field(default_factory=list)
     every: int = Field(0, ge=0)  # steps; 0 = only at the end of each stage
     limit: int | None = Field(None, gt=0)  # examples per task (WikiText: documents)
     batch_size: int = Field(32, gt=0)
     data_dir: str | None = None  # the eval data folder; default $GROWLM_DATA
     source: Literal["local", "hub"] = "local"  # zero-shot tasks: local files or hub datasets
-
-    @field_validator("tasks")
-    @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
-        if not v:
-            return v
-        from growlm.eval.suite import parse_tasks
-
-        try:
-            return parse_tasks(v)
-        except GrowlmError as e:
-            raise ValueError(str(e)) from None
 
 
 class DataSection(_Strict):
@@ -103,6 +128,9 @@ class GaloreSection(_Strict):
     scale: float = Field(0.25, gt=0)
 
 
+Beta = Field(ge=0.0, lt=1.0)  # Adam's decay rates: [0, 1)
+
+
 class OptimSection(_Strict):
     name: Literal["adamw", "galore"] = "adamw"
     lr: float = Field(3e-4, gt=0)
@@ -111,6 +139,14 @@ class OptimSection(_Strict):
     weight_decay: float = Field(0.1, ge=0)
     grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
     galore: GaloreSection = GaloreSection()
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        bad = [b for b in v if not 0.0 <= b < 1.0]
+        if bad:
+            raise ValueError(f"each beta must be in [0, 1), got {bad[0]}")
+        return v
 
 
 class TrainSection(_Strict):
@@ -124,11 +160,7 @@ class TrainSection(_Strict):
     max_rollbacks: int = Field(3, gt=0)  # rollbacks within one stage before stopping
 
 
-GrowOp = Literal[
-    "stack", "duplicate", "interpolate", "identity", "random",  # depth
-    "clone", "split", "zero", "width_random",  # width
-    "reuse",  # embedding/head (and optionally layer-0 sublayers) into a fresh deep model
-]
+GrowOp = Literal[GROW_OPS]  # the one list lives with the operators (growlm.grow.checks)
 
 
 class GrowSpec(_Strict):
@@ -157,7 +189,6 @@ class AdapterSpec(_Strict):
     rewarmup_steps: int = Field(50, ge=0)
     optimizer_reset: Literal["prune", "random", "zero"] = "prune"
     prune_ratio: float = Field(0.99, ge=0, le=1)
-    full_rank_steps: int = Field(0, ge=0)  # ReLoRA's full-rank warm start
 
 
 class StageConfig(_Strict):
@@ -209,18 +240,30 @@ class RunConfig(_Strict):
     schedule: ScheduleSection = ScheduleSection()
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
-    stage: list[StageConfig] = Field(default_factory=lambda: [StageConfig()])
+    stage: list[StageConfig] = Field(default_factory=lambda: [StageConfig()], min_length=1)
+    # where the recipe came from (for messages), and the [model] settings that deliberately
+    # differ from the first stage's init source: [(field, source value, recipe value)]
+    _source: str = PrivateAttr("recipe")
+    _init_overrides: list = PrivateAttr(default_factory=list)
 
     @property
     def out_dir(self) -> Path:
         return Path(self.run.out_dir or f"runs/{self.run.name}")
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def init_overrides(self) -> list[tuple[str, Any, Any]]:
+        return list(self._init_overrides)
 
 
 # ---------------------------------------------------------------- loading
 
 def _format_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    loc = ".".join(str(p) for p in _stage_one_based(first["loc"])) or "(top level)"
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -232,22 +275,34 @@ def _format_error(source: str, err: ValidationError) -> str:
     return f"{source}: {loc}: {msg}{more}"
 
 
+UNSET = object()  # `--set key=null`: remove the key, so its default applies
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """`optim.lr=3e-4` → (["optim", "lr"], 0.0003). Values are read as TOML, else as text."""
+    """`optim.lr=3e-4` → (["optim", "lr"], 0.0003). Values are read as TOML, else as text;
+    `null` removes the key (TOML has no null)."""
     if "=" not in item:
         raise GrowlmError(f"--set {item!r}: expected key=value")
     key, raw = item.split("=", 1)
     keys = key.strip().split(".")
     if not all(keys):
         raise GrowlmError(f"--set {item!r}: empty key")
+    if raw.strip() in ("null", "none", "None"):
+        return keys, UNSET
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         try:
             value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
             value = raw
     return keys, value
+
+
+def _stage_index(item: str, k: str, stages: list) -> int:
+    if not k.isdigit() or not 1 <= int(k) <= len(stages):
+        raise GrowlmError(f"--set {item}: no stage {k} (the recipe has stages 1..{len(stages)})")
+    return int(k) - 1
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -257,16 +312,25 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         node: Any = data
         for i, k in enumerate(keys[:-1]):
             if isinstance(node, list):
-                if not k.isdigit() or not 1 <= int(k) <= len(node):
-                    raise GrowlmError(f"--set {item}: no stage {k} (recipe has {len(node)})")
-                node = node[int(k) - 1]
+                node = node[_stage_index(item, k, node)]
             else:
                 if k == "stage" and "stage" not in node:
                     node["stage"] = [{}]
                 node = node.setdefault(k, {})
-                if not isinstance(node, (dict, list)):
-                    raise GrowlmError(f"--set {item}: {'.'.join(keys[: i + 1])} is not a table")
-        node[keys[-1]] = value
+            if not isinstance(node, (dict, list)):
+                raise GrowlmError(f"--set {item}: {'.'.join(keys[: i + 1])} is not a table")
+        last = keys[-1]
+        if isinstance(node, list):  # `stage.2=...`: a whole stage is a table of keys
+            _stage_index(item, last, node)
+            raise GrowlmError(f"--set {item}: stage.{last} is a table; set one of its keys, e.g. "
+                              f"--set stage.{last}.lr=1e-3")
+        if keys == ["stage"] and value is not UNSET:
+            raise GrowlmError(f"--set {item}: the stage list cannot be replaced from the command "
+                              "line; set stage.N.KEY values")
+        if value is UNSET:
+            node.pop(last, None)
+        else:
+            node[last] = value
     return data
 
 
@@ -282,15 +346,64 @@ def load_toml(path: str | Path) -> dict:
         raise GrowlmError(f"{path}: not a UTF-8 text file") from None
 
 
+def _stage_one_based(loc: tuple) -> tuple:
+    """pydantic counts list items from 0; users (and --set) count stages from 1."""
+    loc = list(loc)
+    for i in range(len(loc) - 1):
+        if loc[i] == "stage" and isinstance(loc[i + 1], int):
+            loc[i + 1] += 1
+    return tuple(loc)
+
+
 def config_from_dict(data: dict, source: str = "recipe") -> RunConfig:
+    if not isinstance(data, dict):
+        raise GrowlmError(f"{source}: a recipe is a TOML table, not a {type(data).__name__}")
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
         raise GrowlmError(_format_error(source, e)) from None
+    cfg._source = source
+    if cfg.stage[0].init is not None:
+        _inherit_init_settings(cfg, source)
     from growlm.stages import resolve_stages  # validates shapes and growth
 
     resolve_stages(cfg, source)
     return cfg
+
+
+def _inherit_init_settings(cfg: RunConfig, source: str) -> None:
+    """[model]'s non-shape settings from the first stage's init source, unless the recipe sets
+    them (module docstring). Settings that change the parameters (tying, vocabulary, biases,
+    ...) must agree with the source: the weights could not be loaded otherwise."""
+    from growlm.init_source import init_config
+    from growlm.model.config import SHAPE_FIELDS
+
+    where = f"{source}: stage.1.init"
+    src = init_config(cfg.stage[0].init, where)
+    explicit = cfg.model.model_fields_set
+    fields, overrides = cfg.model.model_dump(), []
+    for name in ModelConfig.model_fields:
+        if name in SHAPE_FIELDS:
+            continue
+        theirs = getattr(src, name)
+        if name not in explicit:
+            fields[name] = theirs
+        elif fields[name] != theirs:
+            overrides.append((name, theirs, fields[name]))
+    try:
+        model = ModelConfig(**fields)
+        probe = ModelConfig(**{**src.model_dump(), **{k: fields[k] for k, _, _ in overrides}})
+    except ValidationError as e:
+        msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+        raise GrowlmError(f"{where}: the source's settings do not fit [model]: {msg}") from None
+    from growlm.grow.common import expected_shapes
+
+    if overrides and expected_shapes(probe) != expected_shapes(src):
+        names = ", ".join(f"{k} ({a} → {b})" for k, a, b in overrides)
+        raise GrowlmError(f"{where}: [model] sets {names}, which changes the parameters of the "
+                          f"source {cfg.stage[0].init}; remove it from [model] to inherit the source's")
+    cfg.model = model
+    cfg._init_overrides = overrides
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

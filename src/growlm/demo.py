@@ -79,10 +79,11 @@ def write_recipes(out: Path, data: Path, vocab: int, steps: int) -> dict[str, Pa
 
 
 def run(args) -> int:
+    from growlm import checkpoint as ckpt
     from growlm.config import load_recipe
     from growlm.data import prepare
     from growlm.errors import GrowlmError
-    from growlm.train import checkpoint as ckpt
+    from growlm.eval.scheduled import benchmark_hooks
     from growlm.train.trainer import Trainer
 
     if args.steps < 5:
@@ -96,7 +97,7 @@ def run(args) -> int:
         print(f"[{i + 2}/3] training {name} ({recipe})")
         cfg = load_recipe(recipe)
         resume = bool(ckpt.list_checkpoints(cfg.out_dir / "checkpoints"))
-        summaries[name] = Trainer(cfg, resume=resume).run()
+        summaries[name] = Trainer(cfg, resume=resume, hooks=benchmark_hooks(cfg)).run()
     from growlm.report import format_table, write_report
 
     runs = [out / "runs" / name for name in summaries]

@@ -38,7 +38,9 @@ class LineProgress:
     def __init__(self, desc: str, total: int | None, initial: int = 0, unit: str = "it",
                  min_interval_s: float = 60.0, every: int | None = None):
         self.desc, self.total, self.n, self.unit = desc, total, initial, unit
-        self.every = every or (max(1, total // 20) if total else None)
+        # every=0: only the once-a-minute heartbeat (the caller prints its own lines)
+        self.heartbeat_only = every == 0
+        self.every = None if every == 0 else every or (max(1, total // 20) if total else None)
         self.min_interval_s = min_interval_s
         self.start = self.last = time.monotonic()
         self.postfix: dict = {}
@@ -50,7 +52,7 @@ class LineProgress:
         self.n += k
         now = time.monotonic()
         crossed = self.every is not None and self.n // self.every != before // self.every
-        done = self.total is not None and self.n >= self.total
+        done = self.total is not None and self.n >= self.total and not self.heartbeat_only
         if crossed or done or now - self.last >= self.min_interval_s:
             self._print(now)
 
@@ -72,7 +74,7 @@ class LineProgress:
         print(msg, flush=True)
 
     def close(self) -> None:
-        if not self._closed and self.n != self._last_printed:
+        if not self._closed and self.n != self._last_printed and not self.heartbeat_only:
             self._print(time.monotonic())
         self._closed = True
 
@@ -108,7 +110,8 @@ class NoProgress:
 def progress(total: int | None = None, desc: str = "", *, enabled: bool = True, initial: int = 0,
              unit: str = "it", every: int | None = None):
     """A progress reporter (module docstring). `every`: print a line every this many units
-    when the output is not a terminal (default: every 5% of `total`)."""
+    when the output is not a terminal (default: every 5% of `total`; 0: only a line a minute,
+    for callers that print their own lines)."""
     if not enabled:
         return NoProgress()
     if not is_terminal():

@@ -14,16 +14,14 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from growlm.errors import GrowlmError
+from growlm.grow.checks import DEPTH_OPS, WIDTH_OPS
+from growlm.model.config import SHAPE_FIELDS as SHAPE_KEYS
 from growlm.model.config import ModelConfig
-
-SHAPE_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "ffn_dim", "block")
-DEPTH_OPS = ("stack", "duplicate", "interpolate", "identity", "random")
-WIDTH_OPS = ("clone", "split", "zero", "width_random")
 
 
 @dataclass(frozen=True)
 class ResolvedStage:
-    index: int  # 0-based
+    index: int  # 0-based position in the list; users see `number` (1-based)
     name: str
     model: ModelConfig
     steps: int
@@ -35,29 +33,34 @@ class ResolvedStage:
     optimizer: str
     spec: object  # the StageConfig it came from
 
+    reset_every: int | None = None  # ReLoRA merges (and LR re-warms) every this many steps
+    rewarmup_steps: int = 0
+    _tokens_per_step: int = 0
+
+    @property
+    def number(self) -> int:
+        """The stage's number as users see it: 1 for the first stage."""
+        return self.index + 1
+
+    @property
+    def where(self) -> str:
+        return f"stage.{self.number}"
+
     @property
     def tokens(self) -> int:
         return self.steps * self._tokens_per_step
 
-    _tokens_per_step: int = 0
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of the peak LR at 0-based stage step `step` (growlm.optim.schedule)."""
+        return self.schedule_fn(step)
 
+    @property
+    def schedule_fn(self):
+        from growlm.optim.schedule import lr_schedule
 
-def external_model_config(path: str, where: str) -> ModelConfig:
-    """The shape of an external init (growlm run/checkpoint or HF Llama folder), read cheaply."""
-    import json
-    from pathlib import Path
-
-    p = Path(path)
-    if (p / "config.json").is_file() and not (p / "meta.json").is_file():
-        from growlm.model.hf import from_hf_config
-
-        return from_hf_config(json.loads((p / "config.json").read_text()))
-    from growlm.train.checkpoint import read_meta, resolve_checkpoint
-
-    try:
-        return ModelConfig(**read_meta(resolve_checkpoint(p))["model"])
-    except GrowlmError as e:
-        raise GrowlmError(f"{where}: {e}") from None
+        return lr_schedule(self.schedule, warmup=self.warmup_steps, horizon=self.schedule_steps,
+                           min_ratio=self.min_lr_ratio, reset_every=self.reset_every,
+                           rewarmup=self.rewarmup_steps)
 
 
 def _grown_shape(prev: ModelConfig, base: ModelConfig, spec, where: str) -> dict:
@@ -143,6 +146,40 @@ def _stage_length(spec, tokens_per_step: int, where: str, auto_tokens: int | Non
     return steps, horizon
 
 
+def _check_init_shape(init: str, model: ModelConfig, where: str) -> None:
+    """A stage that starts from `init` without growing must have the source's shape."""
+    from growlm.grow.common import expected_shapes
+    from growlm.init_source import init_config
+
+    src = init_config(init, f"{where}.init")
+    if expected_shapes(src) != expected_shapes(model):
+        diff = [f"{k} {getattr(src, k)} vs {getattr(model, k)}"
+                for k in ("vocab_size", *SHAPE_KEYS, "tie_embeddings") if getattr(src, k) != getattr(model, k)]
+        raise GrowlmError(f"{where}.init: {init} has another shape than the stage "
+                          f"({', '.join(diff) or 'parameter shapes differ'}); grow it with a grow op or "
+                          "give the stage the source's shape")
+
+
+def _adapter_schedule(spec, steps: int, where: str) -> tuple[int | None, int]:
+    """(reset interval, re-warmup steps) of a stage's adapters; refuses settings that would be
+    ignored (plain LoRA never merges, so it has no reset interval)."""
+    if spec is None:
+        return None, 0
+    if spec.kind == "lora":
+        for key in ("reset_every", "rewarmup_steps", "optimizer_reset", "prune_ratio"):
+            if key in spec.model_fields_set:
+                raise GrowlmError(f"{where}.adapters.{key}: plain LoRA never merges or resets; use "
+                                  "kind = \"relora\" for periodic merges, or remove the key")
+        return None, 0
+    from growlm.adapters.relora import check_relora, reset_interval
+
+    try:
+        check_relora(spec, steps)
+    except GrowlmError as e:
+        raise GrowlmError(f"{where}.{e}") from None
+    return reset_interval(spec), spec.rewarmup_steps
+
+
 def resolve_stages(cfg, source: str = "recipe") -> list[ResolvedStage]:
     """Validate the stage list against the final `[model]` shape and return resolved stages."""
     base: ModelConfig = cfg.model
@@ -158,12 +195,19 @@ def resolve_stages(cfg, source: str = "recipe") -> list[ResolvedStage]:
         )
     resolved: list[ResolvedStage] = []
     prev: ModelConfig | None = None
+    settings = {k: v for k, v in base.model_dump().items() if k not in SHAPE_KEYS}
     for i, spec in enumerate(cfg.stage):
         where = f"{source}: stage.{i + 1}"
+        if i > 0 and spec.init is not None:
+            raise GrowlmError(f"{where}.init: only the first stage can start from an init source; "
+                              "later stages start from the stage before them")
         overrides = {k: getattr(spec, k) for k in SHAPE_KEYS if getattr(spec, k) is not None}
         if spec.grow is not None:
             if prev is None and spec.init is not None:
-                prev = external_model_config(spec.init, f"{where}.init")
+                from growlm.init_source import init_config
+
+                src = init_config(spec.init, f"{where}.init")
+                prev = src.with_(**{k: v for k, v in settings.items() if k != "vocab_size"})
             if prev is None:
                 raise GrowlmError(f"{where}.grow: the first stage has nothing to grow from (use init = ... to start from a checkpoint)")
             shape = {**_grown_shape(prev, base, spec, where), **overrides}
@@ -188,22 +232,14 @@ def resolve_stages(cfg, source: str = "recipe") -> list[ResolvedStage]:
             from growlm.grow import check_growth
 
             check_growth(prev, model, spec.grow, where)
+        if spec.init is not None and spec.grow is None:
+            _check_init_shape(spec.init, model, where)
         auto = None
         if spec.tokens == "auto":
             nxt = cfg.stage[i + 1] if i + 1 < len(cfg.stage) else None
             auto = _auto_tokens(spec, nxt, base, where)
         steps, horizon = _stage_length(spec, tokens_per_step, where, auto)
-        if spec.adapters is not None:
-            if spec.adapters.full_rank_steps:
-                raise GrowlmError(f"{where}.adapters.full_rank_steps: give the full-rank warm start its own "
-                                  "stage before the adapter stage (same shape, no adapters)")
-            if spec.adapters.kind == "relora":
-                from growlm.adapters.relora import check_relora
-
-                try:
-                    check_relora(spec.adapters, steps)
-                except GrowlmError as e:
-                    raise GrowlmError(f"{where}.{e}") from None
+        reset_every, rewarmup = _adapter_schedule(spec.adapters, steps, where)
         stage = ResolvedStage(
             index=i,
             name=spec.name or f"stage{i + 1}",
@@ -216,8 +252,14 @@ def resolve_stages(cfg, source: str = "recipe") -> list[ResolvedStage]:
             schedule=spec.schedule or cfg.schedule.kind,
             optimizer=spec.optimizer or cfg.optim.name,
             spec=spec,
+            reset_every=reset_every,
+            rewarmup_steps=rewarmup,
             _tokens_per_step=tokens_per_step,
         )
+        try:
+            stage.schedule_fn  # noqa: B018 — builds (and so checks) the LR schedule
+        except GrowlmError as e:
+            raise GrowlmError(f"{where}.{e}") from None
         resolved.append(stage)
         prev = model
     final = resolved[-1].model
@@ -229,3 +271,18 @@ def resolve_stages(cfg, source: str = "recipe") -> list[ResolvedStage]:
     if len(set(names)) != len(names):
         raise GrowlmError(f"{source}: stage names must be unique, got {names}")
     return resolved
+
+
+def recipe_notes(cfg, stages: list[ResolvedStage]) -> list[str]:
+    """Things a recipe does that its author may not expect; printed before a run starts and by
+    `growlm plan` (none of them is an error)."""
+    notes = []
+    per_step = cfg.train.global_batch_tokens
+    for stage, spec in ((s, s.spec) for s in stages):
+        if isinstance(spec.tokens, int) and spec.tokens % per_step:
+            notes.append(f"{stage.where}.tokens: {spec.tokens:,} is not a whole number of steps of "
+                         f"{per_step:,} tokens; the stage runs {stage.steps} steps = {stage.tokens:,} tokens")
+        if stage.warmup_steps >= stage.steps:
+            notes.append(f"{stage.where}: warmup ({stage.warmup_steps} steps) is not shorter than the "
+                         f"stage ({stage.steps} steps), so the LR never reaches its peak {stage.lr:g}")
+    return notes

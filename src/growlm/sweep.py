@@ -8,8 +8,8 @@ one from its checkpoint and skips variants recorded as failed (diverged). The be
 the one with the lowest final validation loss; sweep.json records every variant and the best.
 
 A recipe stage can start from the best variant of a finished sweep with
-``init = "best:<sweep dir>"`` (see `resolve_init`): the embedding/head reuse paper picks its
-stage-1 model as the lowest-validation-loss run of an LR sweep.
+``init = "best:<sweep dir>"`` (see `growlm.init_source`): the embedding/head reuse paper picks
+its stage-1 model as the lowest-validation-loss run of an LR sweep.
 """
 
 from __future__ import annotations
@@ -20,13 +20,11 @@ import json
 import math
 import os
 import re
+import sys
 from pathlib import Path
 
 from growlm.errors import GrowlmError
-
-SWEEP_FILE = "sweep.json"
-BEST_PREFIX = "best:"
-
+from growlm.init_source import SWEEP_FILE, best_variant, read_sweep_file
 
 # ---------------------------------------------------------------- the grid
 
@@ -94,16 +92,6 @@ def variants(axes: list[tuple[str, list[str]]]) -> list[dict]:
 
 # ---------------------------------------------------------------- running
 
-def _read_sweep(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        raise GrowlmError(f"{path}: unreadable sweep file") from None
-    return data if isinstance(data, dict) else None
-
-
 def _write_sweep(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
@@ -118,14 +106,19 @@ def _variant_state(run_dir: Path) -> dict:
         return {"status": "pending"}
     run = load_run(run_dir)
     loss = run.final_val_loss
-    return {"status": "complete" if run.complete else "in progress",
+    return {"status": "complete" if run.complete and _final_checkpoint_saved(run_dir, run) else "in progress",
             "final_val_loss": loss if loss is not None and math.isfinite(loss) else None,
             "flops": run.total("flops"), "tokens": run.total("tokens"), "wall_time": run.wall_time}
 
 
-def best_variant(entries: list[dict]) -> str | None:
-    done = [e for e in entries if e.get("status") == "complete" and e.get("final_val_loss") is not None]
-    return min(done, key=lambda e: e["final_val_loss"])["name"] if done else None
+def _final_checkpoint_saved(run_dir: Path, run) -> bool:
+    """The last stage's boundary checkpoint exists and verifies (its end record is logged just
+    before it is written, so the record alone does not prove the variant finished)."""
+    from growlm.checkpoint import latest_valid
+
+    found = latest_valid(run_dir / "checkpoints")
+    return (found is not None and found[1]["stage_complete"]
+            and found[1]["global_step"] == run.total("step"))
 
 
 def run_sweep(recipe: str | Path, sets: list[str], out: str | Path | None = None,
@@ -134,8 +127,9 @@ def run_sweep(recipe: str | Path, sets: list[str], out: str | Path | None = None
 
     `only`: names of the variants to run now (the others stay pending), so that a caller can
     run the most informative variants of several sweeps first."""
+    from growlm import checkpoint as ckpt
     from growlm.config import load_recipe
-    from growlm.train import checkpoint as ckpt
+    from growlm.eval.scheduled import benchmark_hooks
     from growlm.train.trainer import Trainer
 
     fixed, axes = parse_grid(sets)
@@ -144,7 +138,7 @@ def run_sweep(recipe: str | Path, sets: list[str], out: str | Path | None = None
     out_dir = Path(out or f"runs/sweep-{base_cfg.run.name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     sweep_path = out_dir / SWEEP_FILE
-    previous = {e["name"]: e for e in (_read_sweep(sweep_path) or {}).get("variants", [])}
+    previous = {e["name"]: e for e in (read_sweep_file(sweep_path) or {}).get("variants", [])}
     summary = {"format": "growlm-sweep", "version": 1, "recipe": str(recipe), "fixed": fixed,
                "grid": {k: v for k, v in axes}, "metric": "final validation loss (lower is better)",
                "variants": [], "best": None}
@@ -173,7 +167,7 @@ def run_sweep(recipe: str | Path, sets: list[str], out: str | Path | None = None
         log(f"sweep: {entry['name']}: {'resuming' if resume else 'starting'} ({run_dir})")
         _write_sweep(sweep_path, {**summary, "best": best_variant(summary["variants"])})
         try:
-            Trainer(cfg, resume=resume, quiet=quiet).run()
+            Trainer(cfg, resume=resume, quiet=quiet, hooks=benchmark_hooks(cfg)).run()
         except GrowlmError as e:
             if "diverged" not in str(e):
                 raise
@@ -201,41 +195,6 @@ def format_sweep(summary: dict) -> str:
     return table + "\n" + (f"best: {best}" if best else "no variant finished with a validation loss")
 
 
-# ---------------------------------------------------------------- best:<sweep dir>
-
-def resolve_best(sweep_dir: str | Path, where: str = "init") -> Path:
-    """The final checkpoint of a finished sweep's best variant."""
-    from growlm.train.checkpoint import latest_valid
-
-    sweep_dir = Path(sweep_dir)
-    data = _read_sweep(sweep_dir / SWEEP_FILE)
-    if data is None:
-        raise GrowlmError(f"{where}: {sweep_dir} is not a sweep directory (no {SWEEP_FILE}); "
-                          "run growlm sweep first")
-    entries = data.get("variants") or []
-    pending = [e["name"] for e in entries if e.get("status") not in ("complete", "failed")]
-    if pending:
-        raise GrowlmError(f"{where}: sweep {sweep_dir} is not finished ({len(pending)} of "
-                          f"{len(entries)} variants left); run the same growlm sweep again")
-    best = best_variant(entries)
-    if best is None:
-        raise GrowlmError(f"{where}: no variant of sweep {sweep_dir} finished with a validation loss")
-    found = latest_valid(sweep_dir / best / "checkpoints")
-    if found is None:
-        raise GrowlmError(f"{where}: the best run {sweep_dir / best} has no complete checkpoint")
-    return found[0]
-
-
-def resolve_init(path: str, where: str = "init") -> str:
-    """A stage's `init` value with "best:<sweep dir>" replaced by that checkpoint's path."""
-    if not path.startswith(BEST_PREFIX):
-        return path
-    target = path[len(BEST_PREFIX):].strip()
-    if not target:
-        raise GrowlmError(f"{where}: 'best:' needs a sweep directory, e.g. init = \"best:runs/sweep-s1\"")
-    return str(resolve_best(target, where))
-
-
 # ---------------------------------------------------------------- CLI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -253,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = run_sweep(args.recipe, args.sets, args.out, quiet=args.quiet)
     except Stopped as e:
-        print(f"{e}; run the same growlm sweep command to continue")
-        return 143
+        print(f"growlm sweep: {e}; run the same growlm sweep command to continue", file=sys.stderr)
+        return e.exit_code
     print(format_sweep(summary))
     return 0

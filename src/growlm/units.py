@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from growlm.errors import GrowlmError
+
+MAX_COUNT = 10**18  # far above any token count or byte size a run can have
 
 _COUNT = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 _BYTES = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -18,26 +21,35 @@ def _split(text: str, what: str) -> tuple[float, str]:
     return float(m.group(1)), m.group(2).upper()
 
 
+def _finite_int(number: float, value, what: str) -> int:
+    if not math.isfinite(number) or abs(number) > MAX_COUNT:
+        raise GrowlmError(f"{what} {value!r} is not a finite number of at most {MAX_COUNT:.0e}")
+    return int(number)
+
+
 def parse_count(value: int | float | str, what: str = "count") -> int:
-    """12B → 12e9; 500M → 5e8; plain numbers pass through."""
-    if isinstance(value, bool):
+    """12B → 12e9; 500M → 5e8; plain numbers pass through. Non-finite or absurdly large
+    values are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise GrowlmError(f"{what} must be a number, got {value!r}")
     if isinstance(value, (int, float)):
-        return int(value)
+        return _finite_int(value, value, what)
     number, suffix = _split(value, what)
     if suffix not in _COUNT:
         raise GrowlmError(f"{what} {value!r}: unknown suffix {suffix!r} (use K, M, B or T)")
-    return int(number * _COUNT[suffix])
+    return _finite_int(number * _COUNT[suffix], value, what)
 
 
 def parse_bytes(value: int | float | str, what: str = "size") -> int:
-    """10GiB → 10·2^30; 512MB → 5.12e8."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(value)
+    """10GiB → 10·2^30; 512MB → 5.12e8. Non-finite or absurdly large values are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise GrowlmError(f"{what} must be a size, got {value!r}")
+    if isinstance(value, (int, float)):
+        return _finite_int(value, value, what)
     number, suffix = _split(value, what)
     if suffix not in _BYTES:
         raise GrowlmError(f"{what} {value!r}: unknown unit {suffix!r} (use B, KB, MB, GB, KiB, MiB, GiB, TiB)")
-    return int(number * _BYTES[suffix])
+    return _finite_int(number * _BYTES[suffix], value, what)
 
 
 def human_count(n: float) -> str:

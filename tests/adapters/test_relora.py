@@ -5,9 +5,8 @@ from growlm.adapters import (
     ReLoRA,
     adapter_modules,
     adapter_parameters,
+    apply_adapters,
     check_relora,
-    count_adapter_params,
-    relora_trainable_params,
     reset_optimizer_state,
 )
 from growlm.config import AdapterSpec
@@ -39,11 +38,10 @@ def _step(model, opt, tokens):
 def _setup(spec: AdapterSpec, fused: bool = False):
     model = Transformer(CFG)
     frozen = _freeze_layer0(model)
-    ctl = ReLoRA(model, None, spec, stage_steps=20, seed=3)
-    ctl.start_adapters(frozen)
+    apply_adapters(model, spec, frozen, generator=torch.Generator().manual_seed(3))
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-2, fused=fused)
-    ctl.attach(opt)
+    ctl = ReLoRA(model, opt, spec, stage_steps=20, seed=3)
     return model, ctl, opt
 
 
@@ -53,19 +51,17 @@ def test_trainable_count_is_adapters_plus_rest():
                  if n.startswith("layers.1.") and "lora_" not in n)
     other = CFG.vocab_size * CFG.d_model * 2 + CFG.d_model  # embed, head, final norm
     adapters = sum(4 * (m.in_features + m.out_features) for m in adapter_modules(model).values())
-    assert count_adapter_params(model) == adapters == 4 * (4 * 64 + 2 * 96 + 96)
+    assert sum(p.numel() for p in adapter_parameters(model)) == adapters == 4 * (4 * 64 + 2 * 96 + 96)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == adapters + layer1 + other
-    assert relora_trainable_params(model) == {"adapter": adapters,
-                                              "other_trainable": layer1 + other}
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == trainable
 
 
 def test_relora_baseline_on_all():
     model = Transformer(CFG)
     spec = AdapterSpec(rank=4, on="all", reset_every=10, rewarmup_steps=2)
+    apply_adapters(model, spec, generator=torch.Generator().manual_seed(0))
     ctl = ReLoRA(model, None, spec, stage_steps=20)
-    ctl.start_adapters()
     # ReLoRA freezes the wrapped linears; embeddings, norms and head keep training
     linear_weights = {f"layers.{i}.{lin}.weight" for i in range(2) for lin in LINEARS}
     for n, p in model.named_parameters():
@@ -139,22 +135,22 @@ def test_resets_are_reproducible():
         assert torch.equal(finals[0][k], finals[1][k]), k
 
 
-def test_warm_start_and_schedule():
-    spec = AdapterSpec(rank=4, reset_every=10, rewarmup_steps=4, full_rank_steps=10)
+def test_resets_and_the_matching_schedule():
+    from growlm.optim.schedule import lr_schedule
+
+    spec = AdapterSpec(rank=4, reset_every=10, rewarmup_steps=4)
     ctl = ReLoRA(Transformer(CFG), None, spec, stage_steps=40)
-    assert ctl.full_rank(9) and not ctl.full_rank(10)
-    assert not ctl.is_reset_step(10)  # the switch to LoRA is not a merge
-    assert ctl.is_reset_step(20) and ctl.is_reset_step(30)
-    f = [ctl.lr_factor(s, warmup=2, horizon=40, min_ratio=0.1) for s in range(40)]
+    assert not ctl.is_reset_step(0) and not ctl.is_reset_step(9)
+    assert ctl.is_reset_step(10) and ctl.is_reset_step(20) and ctl.is_reset_step(30)
+    fn = lr_schedule("cosine", warmup=2, horizon=40, min_ratio=0.1, reset_every=ctl.reset_every,
+                     rewarmup=spec.rewarmup_steps)
+    f = [fn(s) for s in range(40)]
     assert f[20] < 0.25 * f[19] and f[24] > f[23] > f[22] > f[21] > f[20]
 
 
 def test_bad_reset_interval():
-    with pytest.raises(GrowlmError, match=r"reset_every \(5000 steps\) is longer than the stage"):
+    with pytest.raises(GrowlmError, match=r"adapters\.reset_every: 5000 steps is longer than the stage"):
         check_relora(AdapterSpec(), stage_steps=300)
-    with pytest.raises(GrowlmError, match="rewarmup_steps"):
+    with pytest.raises(GrowlmError, match="adapters.rewarmup_steps"):
         check_relora(AdapterSpec(reset_every=50, rewarmup_steps=50), stage_steps=300)
-    with pytest.raises(GrowlmError, match="full_rank_steps"):
-        spec = AdapterSpec(reset_every=5, rewarmup_steps=2, full_rank_steps=20)
-        ReLoRA(Transformer(CFG), None, spec, stage_steps=20)
     check_relora(AdapterSpec(kind="lora"), stage_steps=10)  # plain LoRA never resets

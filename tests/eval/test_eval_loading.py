@@ -37,7 +37,7 @@ def test_tied_embeddings_stay_tied(tmp_path, make_model, tok_file, tokenizer):
 
 
 def test_checkpoint_with_lora_is_merged(tmp_path, model, tok_file):
-    checkpoint = pytest.importorskip("growlm.train.checkpoint")
+    checkpoint = pytest.importorskip("growlm.checkpoint")
     state = {k: v.clone() for k, v in model.state_dict().items()}
     gen = torch.Generator().manual_seed(3)
     a = torch.randn(2, 32, generator=gen)

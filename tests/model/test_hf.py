@@ -276,9 +276,9 @@ def test_cli_reexports_a_hf_folder(tmp_path, capsys):
 
 def _checkpoint_module():
     try:
-        from growlm.train import checkpoint
+        from growlm import checkpoint
     except ImportError as e:
-        pytest.skip(f"growlm.train.checkpoint not importable: {e}")
+        pytest.skip(f"growlm.checkpoint not importable: {e}")
     return checkpoint
 
 

@@ -68,5 +68,15 @@ def test_lr_schedule_bad_inputs():
         lr_schedule("step", warmup=0, horizon=10, min_ratio=0.1)
     with pytest.raises(GrowlmError, match="shorter than the reset interval"):
         lr_schedule("cosine", warmup=0, horizon=10, min_ratio=0.1, reset_every=5, rewarmup=5)
-    with pytest.raises(GrowlmError, match="need the cosine"):
-        lr_schedule("linear", warmup=0, horizon=10, min_ratio=0.1, reset_every=5, rewarmup=1)
+
+
+
+def test_relora_restarts_reshape_every_envelope():
+    """ReLoRA's re-warm after a reset applies to linear and constant schedules too (before,
+    a ReLoRA stage silently replaced them by the jagged cosine)."""
+    for kind in ("linear", "constant", "cosine"):
+        plain = lr_schedule(kind, warmup=0, horizon=10, min_ratio=0.1)
+        jag = lr_schedule(kind, warmup=0, horizon=10, min_ratio=0.1, reset_every=5, rewarmup=2)
+        assert [jag(s) for s in range(5)] == [plain(s) for s in range(5)]
+        assert jag(5) == pytest.approx(plain(7) / 3) and jag(6) == pytest.approx(2 * plain(7) / 3)
+        assert [jag(s) for s in range(7, 10)] == [plain(s) for s in range(7, 10)]

@@ -37,7 +37,7 @@ def part(cfg: ModelConfig, which: str) -> int:
 ])
 def test_all_trainable_is_6n_plus_attention(cfg):
     fc = count_flops(cfg, set(), {}, T)
-    assert fc.seed == 6 * cfg.params_non_embedding
+    assert fc.six_nd == 6 * cfg.params_non_embedding
     assert fc.exact_total == 6 * cfg.params_non_embedding + cfg.attention_flops_per_token(T)
     assert fc.attention == cfg.attention_flops_per_token(T)
 
@@ -47,7 +47,7 @@ def test_only_head_trainable():
     fc = count_flops(CFG, frozen, {}, T)
     head = part(CFG, "head")
     rest = CFG.params_non_embedding - head
-    assert fc.seed == 6 * head + 2 * rest
+    assert fc.six_nd == 6 * head + 2 * rest
     # the head is the first trainable thing: no input gradient; everything below: forward only
     assert fc.exact == 4 * head + 2 * rest
     assert fc.attention == CFG.attention_flops_per_token(T) // 3
@@ -57,7 +57,7 @@ def test_frozen_embedding_and_head():
     fc = count_flops(CFG, {"embed_tokens.weight", "lm_head.weight"}, {}, T)
     head, d = part(CFG, "head"), CFG.d_model
     body = CFG.params_layers + d  # layers + final norm, all trainable
-    assert fc.seed == 6 * body + 2 * head
+    assert fc.six_nd == 6 * body + 2 * head
     # layer 0's input norm is first (no input grad); the frozen head passes gradients back: 4·N
     assert fc.exact == 6 * body - 2 * d + 4 * head
     assert fc.attention == CFG.attention_flops_per_token(T)
@@ -67,7 +67,7 @@ def test_frozen_lower_vs_frozen_upper_layers():
     emb, head, d, P = "embed_tokens.weight", part(CFG, "head"), CFG.d_model, CFG.params_per_layer
     lower = count_flops(CFG, {emb} | layer(0), {}, T)
     upper = count_flops(CFG, {emb} | layer(2), {}, T)
-    assert lower.seed == upper.seed  # the seeds' formula cannot tell them apart
+    assert lower.six_nd == upper.six_nd  # the 6·N·D formula cannot tell them apart
     # frozen bottom layer: forward only; layer 1's input norm is the first trainable thing
     assert lower.exact == 2 * P + (6 * P - 2 * d) + 6 * P + 6 * d + 6 * head
     # frozen top layer sits above trainable ones: it still computes input gradients (4·N)
@@ -86,7 +86,7 @@ def test_adapters_on_frozen_bottom_layer():
     fc = count_flops(CFG, frozen, adapters, T)
     plain = count_flops(CFG, frozen, {}, T)
     n_adapter = sum(adapters.values())
-    assert fc.seed == plain.seed + 6 * n_adapter
+    assert fc.six_nd == plain.six_nd + 6 * n_adapter
     # q's adapter is the first trainable thing: forward 2P, weight grads 2P, B-side grad 2·r·out;
     # no input gradient. Downstream of it, layer 0's frozen o..down now pass gradients (+2·N),
     # and so does layer 1's input norm, which was the first trainable weight before.
@@ -102,7 +102,7 @@ def test_adapter_total_as_int_matches_placement():
     # an int is placed at the earliest frozen linear (layer 0's q/k/v slot)
     by_name = count_flops(CFG, frozen, {"layers.0.self_attn.q_proj": 4 * 64}, T)
     total = count_flops(CFG, frozen, 4 * 64, T)
-    assert (by_name.exact, by_name.seed, by_name.attention) == (total.exact, total.seed, total.attention)
+    assert (by_name.exact, by_name.six_nd, by_name.attention) == (total.exact, total.six_nd, total.attention)
 
 
 def test_adapted_linear_counts_as_frozen():

@@ -101,7 +101,7 @@ def test_step_plan_counts_what_the_run_will_freeze(tmp_path):
     plan = plan_recipe(cfg)
     s3 = plan["stages"][2]
     from growlm.grow import grow, inherited_names
-    from growlm.plan.provenance import meta_state
+    from growlm.plan.layout import meta_state
 
     m2, m3 = cfg.model.with_(n_layers=4), cfg.model
     _, prov = grow(meta_state(m2), m2, m3, cfg.stage[2].grow, fresh=meta_state(m3))
@@ -131,20 +131,23 @@ def _write_metrics(run_dir, records):
 def test_measured_numbers_from_metrics(tmp_path):
     cfg = recipe(tmp_path, REUSE)
     _write_metrics(cfg.out_dir, [
-        {"kind": "stage", "event": "start", "stage": 0, "name": "bigram", "flops": 0, "tokens": 0,
-         "memory": {"estimated_bytes": 1, "measured_peak_bytes": 0}},
-        {"kind": "step", "stage": 0, "step": 1, "tokens": 512, "flops": 1000, "flops_seed": 900, "mem_bytes": 700},
-        {"kind": "step", "stage": 0, "step": 10, "tokens": 5120, "flops": 10000, "flops_seed": 9000, "mem_bytes": 800},
-        {"kind": "stage", "event": "end", "stage": 0, "name": "bigram",
-         "memory": {"estimated_bytes": 1, "measured_peak_bytes": 900}},
-        {"kind": "stage", "event": "start", "stage": 1, "name": "deep", "flops": 10000,
-         "flops_seed": 9000, "tokens": 5120, "memory": {"measured_peak_bytes": 0}},
-        {"kind": "eval", "stage": 1, "step": 10, "val_loss": 3.0},
-        {"kind": "step", "stage": 1, "step": 11, "tokens": 5632, "flops": 15000, "flops_seed": 12000, "mem_bytes": 2000},
+        {"kind": "stage", "event": "start", "stage": 1, "name": "bigram", "flops": 0, "tokens": 0,
+         "memory": {"model_state_estimated_bytes": 1, "model_state_bytes": None}},
+        {"kind": "step", "stage": 1, "step": 1, "tokens": 512, "flops": 1000, "flops_6nd": 900},
+        {"kind": "step", "stage": 1, "step": 10, "tokens": 5120, "flops": 10000, "flops_6nd": 9000},
+        {"kind": "stage", "event": "end", "stage": 1, "name": "bigram",
+         "memory": {"model_state_estimated_bytes": 1, "model_state_bytes": 900, "peak_measured_bytes": 1500}},
+        {"kind": "stage", "event": "start", "stage": 2, "name": "deep", "flops": 10000,
+         "flops_6nd": 9000, "tokens": 5120, "memory": {"model_state_bytes": None}},
+        {"kind": "eval", "stage": 2, "step": 10, "val_loss": 3.0},
+        {"kind": "step", "stage": 2, "step": 11, "tokens": 5632, "flops": 15000, "flops_6nd": 12000},
     ])
     measured = measured_by_stage(cfg.out_dir / "metrics.jsonl")
-    assert measured[0] == {"peak_bytes": 900, "flops": 10000, "flops_seed": 9000, "tokens": 5120}
-    assert measured[1] == {"peak_bytes": 2000, "flops": 5000, "flops_seed": 3000, "tokens": 512}
+    assert measured[1] == {"peak_measured_bytes": 1500, "model_state_bytes": 900, "flops": 10000,
+                           "flops_6nd": 9000, "tokens": 5120}
+    # a stage still running: no end record, so no memory figures yet
+    assert measured[2] == {"peak_measured_bytes": None, "model_state_bytes": None, "flops": 5000,
+                           "flops_6nd": 3000, "tokens": 512}
     plan = plan_recipe(cfg)
     assert plan["stages"][1]["measured"]["flops"] == 5000
     assert "measured" in format_plan(plan)

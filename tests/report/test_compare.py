@@ -241,7 +241,7 @@ def test_write_report_returns_the_markdown_path_and_format_table(runs_root, shar
 def test_neighbour_overlap_table_from_checkpoints(runs_root, shards, tmp_path, make_run):
     import torch
 
-    from growlm.train.checkpoint import save_checkpoint
+    from growlm.checkpoint import save_checkpoint
 
     base, staged = _pair(make_run, runs_root, shards)
     g = torch.Generator().manual_seed(0)

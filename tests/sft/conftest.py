@@ -59,7 +59,7 @@ def write_jsonl(path: Path, records: list) -> Path:
 def trainer_modules():
     """The checkpoint module, or skip while the trainer package cannot be imported."""
     try:
-        from growlm.train import checkpoint
+        from growlm import checkpoint
         from growlm.train.trainer import Trainer  # noqa: F401
     except ImportError as e:
         pytest.skip(f"growlm.train is not importable yet: {e}")

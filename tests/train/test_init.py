@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from growlm import checkpoint as ckpt
 from growlm.config import load_recipe
 from growlm.errors import GrowlmError
 from growlm.model.hf import export_hf
-from growlm.train import checkpoint as ckpt
 from growlm.train.trainer import Trainer
 
 

@@ -4,10 +4,17 @@ import json
 
 import pytest
 
+from growlm.cli import main
 from growlm.config import load_recipe
 from growlm.errors import GrowlmError
+from growlm.eval.scheduled import benchmark_hooks
 from growlm.train.distributed import check_supported
 from growlm.train.trainer import Trainer
+
+
+def _train(recipe):
+    cfg = load_recipe(recipe)
+    Trainer(cfg, quiet=True, hooks=benchmark_hooks(cfg)).run()
 
 TWO_STAGES = """
 [[stage]]
@@ -34,15 +41,15 @@ def _eval_section(data_dir, tasks='["ppl", "hellaswag", "wikitext", "wordsim"]',
 def test_scores_are_logged_on_schedule_and_leave_training_alone(write_recipe, tmp_path, shared_data,
                                                                 step_losses):
     plain = write_recipe(TWO_STAGES, n_layers=2, name="plain")
-    Trainer(load_recipe(plain), quiet=True).run()
+    _train(plain)
     scored = write_recipe(TWO_STAGES + _eval_section(shared_data), n_layers=2, name="scored")
-    Trainer(load_recipe(scored), quiet=True).run()
+    _train(scored)
 
     # scoring reads no RNG and touches no weights: the training is the same step for step
     assert step_losses(tmp_path / "scored") == step_losses(tmp_path / "plain")
     tasks = _records(tmp_path / "scored", "tasks")
     # every 3 stage steps (not on a stage's last step) and at each stage's end
-    assert [(r["stage"], r["step"]) for r in tasks] == [(0, 3), (0, 4), (1, 7), (1, 8)]
+    assert [(r["stage"], r["step"]) for r in tasks] == [(1, 3), (1, 4), (2, 7), (2, 8)]
     last = tasks[-1]
     assert 0.0 <= last["hellaswag/acc_norm"] <= 1.0 and last["hellaswag/acc"] <= 1.0
     assert last["wikitext/word_perplexity"] > 1.0 and last["ppl/loss"] > 0.0
@@ -62,17 +69,22 @@ def test_scores_are_logged_on_schedule_and_leave_training_alone(write_recipe, tm
     assert plots.task_scores([load_run(tmp_path / "plain")], tmp_path) is None
 
 
-def test_unknown_task_is_refused_when_the_recipe_loads(write_recipe, tmp_path):
-    recipe = write_recipe(TWO_STAGES + '[eval]\ntasks = ["hellaswag", "squad"]\n', n_layers=2)
+def test_unknown_task_is_refused_before_the_run_starts(write_recipe, tmp_path, capsys):
+    recipe = write_recipe(TWO_STAGES + '[eval]\ntasks = ["hellaswag", "squad"]\n', n_layers=2, name="unknown")
     with pytest.raises(GrowlmError, match=r"eval\.tasks: unknown task 'squad'") as err:
-        load_recipe(recipe)
+        benchmark_hooks(load_recipe(recipe))
     assert "\n" not in str(err.value)
+    with pytest.raises(GrowlmError, match="benchmark hook"):  # no silent skipping either
+        Trainer(load_recipe(recipe), quiet=True)
+    assert main(["train", str(recipe)]) == 2
+    assert "unknown task 'squad'" in capsys.readouterr().err
+    assert not (tmp_path / "unknown").exists()
 
 
 def test_missing_data_folder_fails_before_the_run_starts(write_recipe, tmp_path):
     recipe = write_recipe(TWO_STAGES + _eval_section(tmp_path / "nowhere"), n_layers=2, name="nodata")
     with pytest.raises(GrowlmError, match="hellaswag, wikitext, wordsim need the eval data folder"):
-        Trainer(load_recipe(recipe), quiet=True).run()
+        _train(recipe)
     assert not (tmp_path / "nodata").exists()
 
 
@@ -81,7 +93,7 @@ def test_a_bad_task_file_fails_before_the_run_starts(write_recipe, tmp_path):
     (data / "eval").mkdir(parents=True)
     recipe = write_recipe(TWO_STAGES + _eval_section(data, tasks='["hellaswag"]'), n_layers=2, name="badfile")
     with pytest.raises(GrowlmError, match="hellaswag"):
-        Trainer(load_recipe(recipe), quiet=True).run()
+        _train(recipe)
     assert not (tmp_path / "badfile").exists()
 
 

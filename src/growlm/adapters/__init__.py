@@ -6,7 +6,6 @@ from growlm.adapters.lora import (
     adapter_parameters,
     adapter_scale,
     apply_adapters,
-    count_adapter_params,
     merge_adapters,
     merged_state_dict,
     unwrap_adapters,
@@ -14,7 +13,6 @@ from growlm.adapters.lora import (
 from growlm.adapters.relora import (
     ReLoRA,
     check_relora,
-    relora_trainable_params,
     reset_interval,
     reset_optimizer_state,
 )
@@ -27,10 +25,8 @@ __all__ = [
     "adapter_scale",
     "apply_adapters",
     "check_relora",
-    "count_adapter_params",
     "merge_adapters",
     "merged_state_dict",
-    "relora_trainable_params",
     "reset_interval",
     "reset_optimizer_state",
     "unwrap_adapters",

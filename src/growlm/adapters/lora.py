@@ -23,19 +23,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from growlm.config import AdapterSpec
 from growlm.errors import GrowlmError
 
 DEFAULT_SCALE = 0.25  # ReLoRA's default (Lialin et al. 2023)
 _WIDE_FLOATS = (torch.float32, torch.float64)
 
 
-def adapter_scale(spec: AdapterSpec) -> float:
+def adapter_scale(spec) -> float:
     """alpha/rank when alpha is given, else `scale`, else ReLoRA's 0.25."""
     if spec.alpha is not None and spec.scale is not None:
         if not math.isclose(spec.alpha / spec.rank, spec.scale, rel_tol=1e-9):
             raise GrowlmError(
-                f"adapters: alpha ({spec.alpha}) / rank ({spec.rank}) != scale ({spec.scale}); "
+                f"adapters.scale: alpha ({spec.alpha}) / rank ({spec.rank}) != scale ({spec.scale}); "
                 "give alpha or scale, not both"
             )
     if spec.alpha is not None:
@@ -117,42 +116,40 @@ def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for m in adapter_modules(model).values() for p in (m.lora_A, m.lora_B)]
 
 
-def count_adapter_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in adapter_parameters(model))
-
-
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)  # works for plain attributes and ModuleDict/ModuleList keys
 
 
-def _select_targets(model: nn.Module, spec: AdapterSpec, frozen: set[str]) -> list[str]:
+def _select_targets(model: nn.Module, spec, frozen: set[str]) -> list[str]:
     matched: list[str] = []
     for name, module in model.named_modules():
         if not name or not any(fnmatchcase(name, g) for g in spec.targets):
             continue
         if isinstance(module, LoRALinear):
-            raise GrowlmError(f"adapters: {name} already has a LoRA adapter")
+            raise GrowlmError(f"adapters.targets: {name} already has a LoRA adapter")
         if not isinstance(module, nn.Linear):
             raise GrowlmError(
-                f"adapters: target {name} is a {type(module).__name__}, not a linear layer; "
+                f"adapters.targets: {name} is a {type(module).__name__}, not a linear layer; "
                 "targets must match nn.Linear module names such as '*.q_proj' or '*.mlp.*_proj'"
             )
         matched.append(name)
     chosen = [n for n in matched if spec.on == "all" or f"{n}.weight" in frozen]
     if not chosen:
         what = "linear layer" if spec.on == "all" else "frozen linear layer"
+        hint = ("; adapters sit on frozen layers (on = \"frozen\"): freeze some, or set on = \"all\""
+                if spec.on == "frozen" and matched else "")
         raise GrowlmError(
-            f"adapters: no {what} matches targets {spec.targets} "
-            f"({len(matched)} linear layers matched before the on={spec.on!r} filter)"
+            f"adapters.targets: no {what} matches {spec.targets} "
+            f"({len(matched)} linear layers matched before the on={spec.on!r} filter){hint}"
         )
     return chosen
 
 
 def apply_adapters(
     model: nn.Module,
-    spec: AdapterSpec,
+    spec,
     frozen: Iterable[str] = (),
     *,
     generator: torch.Generator | None = None,
@@ -171,7 +168,7 @@ def apply_adapters(
         lin = model.get_submodule(name)
         if spec.rank > min(lin.in_features, lin.out_features):
             raise GrowlmError(
-                f"adapters: rank {spec.rank} exceeds the smaller dimension of {name} "
+                f"adapters.rank: {spec.rank} exceeds the smaller dimension of {name} "
                 f"({lin.out_features}x{lin.in_features}); use rank <= "
                 f"{min(lin.in_features, lin.out_features)}"
             )

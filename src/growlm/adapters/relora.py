@@ -5,16 +5,15 @@ re-draws A and zeroes B, and prunes the adapters' optimizer state so that the ne
 adapters do not inherit the old direction's momentum. Resets land on multiples of
 `reset_every` in stage steps, where `jagged_cosine` re-warms the LR.
 
-Step conventions (shared with `growlm.optim.schedule`):
-  - `lr_factor(step)` takes the 0-based index of the step about to be taken;
+Step conventions (shared with `growlm.optim.schedule`, whose `lr_schedule(...,
+reset_every=...)` gives the matching jagged LR):
+  - the LR schedule takes the 0-based index of the step about to be taken;
   - `maybe_reset(done)` (alias `step`) takes the number of optimizer steps completed in
     the stage, and is called right after `optimizer.step()`.
 So after the reset at done = k·reset_every, step k·reset_every runs at the re-warm LR.
 
-Optional full-rank warm start: during steps < `full_rank_steps` the model has no adapters
-and the trainer trains the weights directly; at step `full_rank_steps` it calls
-`start_adapters(...)`, builds a new optimizer and `attach`es it. Pick `full_rank_steps` as a
-multiple of `reset_every` so the switch coincides with an LR re-warm.
+ReLoRA's full-rank warm start is a stage of its own in growlm: a stage of the same shape
+without adapters before the adapter stage (see recipes/step/*-relora.toml).
 
 Randomness (A's re-draw, random pruning) comes from a generator seeded by (seed, reset
 index), so a resumed run repeats the same resets without saving generator state.
@@ -27,39 +26,33 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from growlm.adapters.lora import adapter_parameters, apply_adapters, merge_adapters
-from growlm.config import AdapterSpec
+from growlm.adapters.lora import adapter_parameters, merge_adapters
 from growlm.errors import GrowlmError
-from growlm.optim.schedule import jagged_cosine, warmup_cosine
+from growlm.faults import fault
 
 DEFAULT_RESET_EVERY = 5000  # ReLoRA's and STEP's baseline setting
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # torch Adam/AdamW (fused too)
 
 
-def reset_interval(spec: AdapterSpec) -> int | None:
+def reset_interval(spec) -> int | None:
     """Steps between merges: `reset_every`, ReLoRA's 5000 for relora, None for plain LoRA."""
     if spec.kind == "lora":
         return spec.reset_every
     return spec.reset_every or DEFAULT_RESET_EVERY
 
 
-def check_relora(spec: AdapterSpec, stage_steps: int) -> None:
+def check_relora(spec, stage_steps: int) -> None:
     """GrowlmError when the reset schedule does not fit a stage of `stage_steps` steps."""
     every = reset_interval(spec)
     if every is not None and every > stage_steps:
         raise GrowlmError(
-            f"adapters: reset_every ({every} steps) is longer than the stage ({stage_steps} "
+            f"adapters.reset_every: {every} steps is longer than the stage ({stage_steps} "
             f"steps); use reset_every <= {stage_steps}"
         )
     if every is not None and spec.rewarmup_steps >= every:
         raise GrowlmError(
-            f"adapters: rewarmup_steps ({spec.rewarmup_steps}) must be shorter than "
+            f"adapters.rewarmup_steps: {spec.rewarmup_steps} must be shorter than "
             f"reset_every ({every})"
-        )
-    if spec.full_rank_steps >= stage_steps:
-        raise GrowlmError(
-            f"adapters: full_rank_steps ({spec.full_rank_steps}) must be shorter than the stage "
-            f"({stage_steps} steps)"
         )
 
 
@@ -128,7 +121,7 @@ class ReLoRA:
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer | None,
-        spec: AdapterSpec,
+        spec,
         *,
         stage_steps: int | None = None,
         seed: int = 0,
@@ -138,33 +131,20 @@ class ReLoRA:
             check_relora(spec, stage_steps)
         self.model, self.spec, self.optimizer = model, spec, optimizer
         self.reset_every = reset_interval(spec)
-        self.full_rank_steps = spec.full_rank_steps
         self.seed, self.allow_bf16_merge = seed, allow_bf16_merge
         self.resets = 0
-
-    # ---- warm start
-    def full_rank(self, step: int) -> bool:
-        """True while step `step` (0-based) belongs to the full-rank warm start."""
-        return step < self.full_rank_steps
-
-    def start_adapters(self, frozen: Iterable[str] = ()) -> list[str]:
-        """Wrap the targeted linears (at stage start, or when the warm start ends)."""
-        gen = _generator(self.seed, -1)
-        return apply_adapters(self.model, self.spec, set(frozen), generator=gen)
-
-    def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        self.optimizer = optimizer
 
     # ---- resets
     def is_reset_step(self, done: int) -> bool:
         """Whether a reset follows the `done`-th optimizer step of the stage."""
         every = self.reset_every
-        return every is not None and done > self.full_rank_steps and done % every == 0
+        return every is not None and done > 0 and done % every == 0
 
     def maybe_reset(self, done: int) -> bool:
         """Call after each optimizer step with the stage's completed-step count."""
         if not self.is_reset_step(done):
             return False
+        fault("relora_merge")
         self.reset()
         return True
 
@@ -185,31 +165,9 @@ class ReLoRA:
         self.resets += 1
         return {"merged_layers": len(merged), "zeroed_state": zeroed, "resets": self.resets}
 
-    # ---- schedule
-    def lr_factor(self, step: int, *, warmup: int, horizon: int, min_ratio: float) -> float:
-        """The jagged cosine matching this controller's resets."""
-        if self.reset_every is None or self.spec.rewarmup_steps == 0:
-            return warmup_cosine(step, warmup, horizon, min_ratio)
-        return jagged_cosine(
-            step, warmup, horizon, min_ratio, self.reset_every, self.spec.rewarmup_steps
-        )
-
     # ---- resume
     def state_dict(self) -> dict[str, int]:
         return {"resets": self.resets}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.resets = int(state["resets"])
-
-
-def relora_trainable_params(model: nn.Module) -> dict[str, int]:
-    """Trainable parameter counts split into adapters and the rest (for stage logs)."""
-    adapter_ids = {id(p) for p in adapter_parameters(model)}
-    adapters = rest = 0
-    for p in model.parameters():
-        if p.requires_grad:
-            if id(p) in adapter_ids:
-                adapters += p.numel()
-            else:
-                rest += p.numel()
-    return {"adapter": adapters, "other_trainable": rest}

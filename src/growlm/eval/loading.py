@@ -92,7 +92,7 @@ def build_model(
 def _resolve_growlm_checkpoint(path: Path) -> Path | None:
     """The checkpoint directory `path` stands for (run dir → newest), if growlm can tell."""
     try:
-        from growlm.train.checkpoint import resolve_checkpoint
+        from growlm.checkpoint import resolve_checkpoint
     except ImportError:
         return path if (path / "meta.json").is_file() else None
     return resolve_checkpoint(path)
@@ -121,7 +121,7 @@ def load_for_eval(
         folder, meta = path, {}
         info = {"source": "hf", "path": str(path)}
     else:
-        from growlm.train.checkpoint import load_model_state
+        from growlm.checkpoint import load_model_state
 
         folder = _resolve_growlm_checkpoint(path) or path
         cfg, state, meta = load_model_state(folder)

@@ -8,6 +8,8 @@ from growlm.model.config import ModelConfig
 DEPTH_OPS = ("stack", "duplicate", "interpolate", "identity", "random")
 INSERT_OPS = ("interpolate", "identity", "random")  # ops that insert layers at chosen places
 WIDTH_OPS = ("clone", "split", "zero", "width_random")
+# reuse: a fresh deep model with the embedding/head (and optionally layer-0 parts) copied
+GROW_OPS = (*DEPTH_OPS, *WIDTH_OPS, "reuse")
 WIDTH_FIELDS = ("d_model", "ffn_dim", "n_heads", "n_kv_heads")
 
 # The GrowSpec fields each op reads; setting any other one is a mistake worth reporting.

@@ -13,10 +13,15 @@ def llama_ffn_dim(d_model: int, multiple_of: int = 256) -> int:
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
+# The fields that give the model's shape: growth changes them and stages may set them. Every
+# other field is a setting an init source passes on (see growlm.config).
+SHAPE_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "ffn_dim", "block")
+
+
 class ModelConfig(BaseModel):
     """A LLaMA-style decoder. `n_layers = 0` is a bigram model (embedding, norm, head)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     vocab_size: int = Field(50257, gt=0)
     d_model: int = Field(768, gt=0)

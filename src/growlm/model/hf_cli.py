@@ -56,7 +56,7 @@ def load_source(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Path 
         tok = path / "tokenizer.json"
         return cfg, state, tok if tok.is_file() else None
     try:
-        from growlm.train.checkpoint import load_model_state
+        from growlm.checkpoint import load_model_state
     except ImportError as e:  # the trainer is optional only while it is being written
         raise GrowlmError(f"cannot read growlm checkpoints: {e}") from None
     cfg, state, meta = load_model_state(path)

@@ -4,9 +4,12 @@
 `torch.optim.lr_scheduler.LambdaLR` (factor(0) is used for the first update). Warmup is
 linear and never returns 0, so no step is wasted: factor = (step+1)/(warmup+1).
 
-The jagged cosine is ReLoRA's (Lialin et al. 2023): the cosine envelope, except that after
-each reset (at multiples of `reset_every`) the LR falls to about zero and re-warms linearly
-over `rewarmup` steps up to the envelope's value at the end of the re-warmup.
+ReLoRA's jagged schedule (Lialin et al. 2023, with a cosine envelope) generalises to every
+envelope here: after each reset (at multiples of `reset_every`) the LR falls to about zero and
+re-warms linearly over `rewarmup` steps up to the envelope's value at the end of the re-warmup.
+
+`lr_schedule` is the one place that turns a stage's settings into its schedule; the trainer
+and the recipe checks both call it.
 """
 
 from __future__ import annotations
@@ -50,6 +53,16 @@ def constant(step: int, warmup: int = 0, horizon: int = 0, min_ratio: float = 1.
     return _warmup(step, warmup) if step < warmup else 1.0
 
 
+def jagged(envelope: Schedule, step: int, reset_every: int, rewarmup: int) -> float:
+    """`envelope(step)`, re-warmed from ~0 over `rewarmup` steps after every reset."""
+    if reset_every <= 0:
+        raise ValueError(f"reset_every must be positive, got {reset_every}")
+    cycle, into = divmod(step, reset_every)
+    if cycle >= 1 and into < rewarmup:
+        return _warmup(into, rewarmup) * envelope(cycle * reset_every + rewarmup)
+    return envelope(step)
+
+
 def jagged_cosine(
     step: int,
     warmup: int,
@@ -59,16 +72,15 @@ def jagged_cosine(
     rewarmup: int,
 ) -> float:
     """ReLoRA's schedule: `warmup_cosine`, re-warmed from ~0 after every reset."""
-    if reset_every <= 0:
-        raise ValueError(f"reset_every must be positive, got {reset_every}")
-    cycle, into = divmod(step, reset_every)
-    if cycle >= 1 and into < rewarmup:
-        target = warmup_cosine(cycle * reset_every + rewarmup, warmup, horizon, min_ratio)
-        return _warmup(into, rewarmup) * target
-    return warmup_cosine(step, warmup, horizon, min_ratio)
+    envelope = partial(warmup_cosine, warmup=warmup, horizon=horizon, min_ratio=min_ratio)
+    return jagged(envelope, step, reset_every, rewarmup)
 
 
 _KINDS = {"cosine": warmup_cosine, "linear": linear, "constant": constant}
+
+
+def _jagged(step: int, *, envelope: Schedule, reset_every: int, rewarmup: int) -> float:
+    return jagged(envelope, step, reset_every, rewarmup)
 
 
 def lr_schedule(
@@ -80,23 +92,20 @@ def lr_schedule(
     reset_every: int | None = None,
     rewarmup: int = 0,
 ) -> Schedule:
-    """A step → factor function (picklable, for LambdaLR). `reset_every` makes cosine jagged."""
+    """A step → factor function (picklable, for LambdaLR): the `kind` envelope, re-warmed after
+    every ReLoRA reset when `reset_every` is given. Raises GrowlmError naming the key at fault."""
     if kind not in _KINDS:
         raise GrowlmError(f"schedule: unknown kind {kind!r}; allowed: {', '.join(_KINDS)}")
     if warmup < 0 or horizon < 0:
-        raise GrowlmError(f"schedule: warmup ({warmup}) and horizon ({horizon}) must be >= 0")
+        raise GrowlmError(f"warmup_steps: warmup ({warmup}) and horizon ({horizon}) must be >= 0")
     if not 0.0 <= min_ratio <= 1.0:
-        raise GrowlmError(f"schedule: min_lr_ratio must be in [0, 1], got {min_ratio}")
+        raise GrowlmError(f"min_lr_ratio: must be in [0, 1], got {min_ratio}")
+    envelope = partial(_KINDS[kind], warmup=warmup, horizon=horizon, min_ratio=min_ratio)
     if reset_every is None:
-        return partial(_KINDS[kind], warmup=warmup, horizon=horizon, min_ratio=min_ratio)
-    if kind != "cosine":
-        raise GrowlmError(f"schedule: ReLoRA restarts need the cosine schedule, not {kind!r}")
+        return envelope
     if reset_every <= 0 or not 0 <= rewarmup < reset_every:
         raise GrowlmError(
-            f"schedule: re-warmup ({rewarmup} steps) must be >= 0 and shorter than the reset "
-            f"interval ({reset_every} steps)"
+            f"adapters.rewarmup_steps: re-warmup ({rewarmup} steps) must be >= 0 and shorter than "
+            f"the reset interval ({reset_every} steps)"
         )
-    return partial(
-        jagged_cosine, warmup=warmup, horizon=horizon, min_ratio=min_ratio,
-        reset_every=reset_every, rewarmup=rewarmup,
-    )
+    return partial(_jagged, envelope=envelope, reset_every=reset_every, rewarmup=rewarmup)

@@ -1,7 +1,9 @@
 """Planning: per-stage FLOP and memory accounting, STEP's integer program, Gstack's timing.
 
 The trainer imports `count_flops` every stage, so this package imports only the accounting
-eagerly; the STEP solver (scipy) and the rest load on first use.
+eagerly; the STEP solver (scipy) and the rest load on first use. A recipe's plan
+(`growlm.plan.recipe_plan`) builds the stages with the trainer's boundary code, so it sits
+above the trainer and is not re-exported here.
 """
 
 from growlm.plan.flops import FlopCount, count_flops
@@ -20,7 +22,6 @@ _LAZY = {
     "solve_step": "growlm.plan.step_ip",
     "solve_step_budget": "growlm.plan.step_ip",
     "step_problem": "growlm.plan.step_ip",
-    "plan_recipe": "growlm.plan.recipe_plan",
 }
 
 __all__ = ["FlopCount", "count_flops", "activation_bytes", "adapter_params",

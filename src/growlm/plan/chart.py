@@ -32,9 +32,9 @@ def plot_plan(plan: dict, path: Path) -> Path:
     ax_mem.set_title("memory per stage (estimate)")
 
     width = 0.38
-    seed = [float(e["flops"]["seed"]) for e in entries]
+    six_nd = [float(e["flops"]["6nd"]) for e in entries]
     exact = [float(e["flops"]["exact"]) for e in entries]
-    ax_flops.bar([i - width / 2 for i in x], seed, width, color="#DD8452", label="seeds' formula")
+    ax_flops.bar([i - width / 2 for i in x], six_nd, width, color="#DD8452", label="6·N·D formula")
     ax_flops.bar([i + width / 2 for i in x], exact, width, color="#C44E52",
                  label="exact (with attention)")
     _measured(ax_flops, stages, "flops", 1.0, "measured (exact)")

@@ -206,7 +206,7 @@ def _inherited_layer_globs(cfg, split: list[int]) -> list[list[str]]:
     running the interpolation on meta tensors), for recipes that keep the embedding trainable."""
     from growlm.config import GrowSpec
     from growlm.grow import grow, inherited_names
-    from growlm.plan.provenance import meta_state
+    from growlm.plan.layout import meta_state
 
     out, prev = [], cfg.with_(n_layers=split[0])
     for n in split[1:]:

@@ -1,6 +1,6 @@
 """Training FLOPs per token of one stage, counted two ways (all numbers forward + backward).
 
-**Seeds' formula** (Lee et al.; STEP; Gstack): ``6·N_trainable + 2·N_frozen`` over the
+**The papers' 6·N·D formula** (Lee et al.; STEP; Gstack): ``6·N_trainable + 2·N_frozen`` over the
 non-embedding parameters — every weight except the embedding lookup, the head counted as a
 matmul (a tied head once, trainable with the embedding) — plus ``6·N`` for adapter parameters.
 It ignores that a frozen weight must still pass the gradient on to trainable weights below it.
@@ -34,7 +34,7 @@ half that each — dV (needed iff v_proj's output needs a gradient), dP (iff q's
 dQ, dK — where a projection's output needs a gradient iff the projection is trainable/adapted
 or anything trainable is upstream of it. A trainable layer thus pays 3× forward; the core of a
 layer with nothing trainable at or below its q/k/v pays 1×. It is kept as a separate field and
-included in `exact_total`; the seeds' formula leaves it out.
+included in `exact_total`; the 6·N·D formula leaves it out.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from growlm.plan.layout import Trainability, layer_base
 class FlopCount:
     """Training FLOPs per token (forward + backward)."""
 
-    seed: int  # 6·N_trainable + 2·N_frozen (+ 6·N_adapter), no attention
+    six_nd: int  # the papers' formula: 6·N_trainable + 2·N_frozen (+ 6·N_adapter), no attention
     exact: int  # parameter matmuls with the upstream rule, no attention
     attention: int  # attention core (scores and AV), stage-aware
 
@@ -70,11 +70,11 @@ def count_flops(cfg: ModelConfig, frozen: set[str], adapter_params: dict[str, in
         raise GrowlmError(f"sequence length must be positive, got {seq_len}")
     state = Trainability(cfg, frozen, adapter_params)
     return FlopCount(
-        seed=_seed(state), exact=_exact(state), attention=_attention(state, seq_len)
+        six_nd=_six_nd(state), exact=_exact(state), attention=_attention(state, seq_len)
     )
 
 
-def _seed(state: Trainability) -> int:
+def _six_nd(state: Trainability) -> int:
     total = 6 * sum(state.adapter_params.values())
     for w in state.weights:
         if w.kind != "embedding":

@@ -78,6 +78,17 @@ def network_weights(cfg: ModelConfig) -> list[Weight]:
     return out
 
 
+def meta_state(cfg: ModelConfig) -> dict:
+    """A state dict of meta tensors (shapes only, no memory) in `Transformer.state_dict()`'s
+    order; a tied head is the embedding tensor under a second name."""
+    import torch
+
+    state: dict = {}
+    for w in network_weights(cfg):
+        state[w.name] = state[w.param] if w.param in state else torch.empty(w.shape, device="meta")
+    return state
+
+
 def parameter_names(cfg: ModelConfig) -> list[str]:
     """Parameter names as the trainer lists them (`named_parameters(remove_duplicate=False)`):
     a tied head appears under both of its names."""

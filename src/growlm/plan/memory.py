@@ -152,9 +152,12 @@ def param_counts(cfg: ModelConfig, frozen: set[str], adapters: dict[str, int] | 
             "total": trainable + frozen_n + adapter}
 
 
-def stage_state_bytes(cfg: ModelConfig, frozen: set[str], adapters: dict[str, int] | int = 0) -> int:
-    counts = param_counts(cfg, frozen, adapters)
-    return model_state_bytes(counts["trainable"], counts["frozen"], counts["adapter"])
+def tensor_bytes(tensors) -> int:
+    """Bytes held by the given tensors (non-tensors are skipped): what model-state memory
+    measures on live weights, gradients and optimizer state."""
+    import torch
+
+    return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
 
 
 # ---------------------------------------------------------------- activations

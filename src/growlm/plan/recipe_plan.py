@@ -1,9 +1,13 @@
 """`growlm plan RECIPE`: parameters, tokens, FLOPs and memory per stage, against a baseline.
 
+Every stage is built on the meta device by the trainer's own boundary code
+(growlm.train.boundary.check_recipe), so the plan freezes, adapts and counts exactly what the
+run will, and a recipe the trainer would refuse is refused here too.
+
 The baseline is standard single-stage training of the final shape, everything trainable, on
 the **same number of tokens** as the whole recipe (its FLOPs are given too, and the tokens it
-could train on with the recipe's exact compute). FLOPs are per `growlm.plan.flops`: "seed" is
-the seeds' 6·N_trainable + 2·N_frozen formula (no attention), "exact" the upstream-aware count
+could train on with the recipe's exact compute). FLOPs are per `growlm.plan.flops`: "6nd" is
+the papers' 6·N_trainable + 2·N_frozen formula (no attention), "exact" the upstream-aware count
 including the attention core, and "attention" that core alone. Memory is per
 `growlm.plan.memory`, for the recipe's micro-batch and sequence length.
 """
@@ -15,78 +19,82 @@ from pathlib import Path
 
 from growlm.model.config import ModelConfig
 from growlm.plan.flops import count_flops
-from growlm.plan.memory import (
-    activation_bytes,
-    adapter_params_by_linear,
-    galore_saving_bytes,
-    galore_shapes,
-    model_state_bytes,
-    param_counts,
-)
-from growlm.stages import resolve_stages
+from growlm.plan.memory import activation_bytes, model_state_bytes, param_counts
+from growlm.stages import recipe_notes, resolve_stages
+from growlm.train.boundary import adapter_params_by_linear, check_recipe, stage_accounting
 from growlm.units import human_bytes, human_count, lower_or_higher
 
+FLOP_KINDS = ("6nd", "exact", "attention")
 
-def _stage_entry(model: ModelConfig, frozen: set[str], adapters: dict[str, int], tokens: int,
-                 batch: int, seq_len: int, galore_rank: int | None = None) -> dict:
-    params = param_counts(model, frozen, adapters)
-    fc = count_flops(model, frozen, adapters, seq_len)
-    state = model_state_bytes(params["trainable"], params["frozen"], params["adapter"])
-    if galore_rank is not None:
-        state -= galore_saving_bytes(galore_shapes(model, frozen), galore_rank)
-    act = activation_bytes(model, batch, seq_len, frozen, adapters)
+
+def _entry(model: ModelConfig, acct: dict, frozen: set[str], adapters: dict[str, int], tokens: int,
+           batch: int, seq_len: int) -> dict:
+    """One row of the plan from a stage's accounting (growlm.train.boundary.stage_accounting)."""
+    parts = param_counts(model, frozen, adapters)
+    state = acct["memory"]["model_state_estimated_bytes"]
+    act = acct["memory"]["activation_estimated_bytes"]
     act_ckpt = activation_bytes(model, batch, seq_len, frozen, adapters, checkpointing=True)
-    per_token = {"seed": fc.seed, "exact": fc.exact_total, "attention": fc.attention}
+    act_plain = activation_bytes(model, batch, seq_len, frozen, adapters)
+    per_token = acct["flops_per_token"]
     return {
         "model": {k: getattr(model, k) for k in ("n_layers", "d_model", "n_heads", "kv_heads",
                                                  "hidden_dim", "vocab_size", "block")},
         "tokens": tokens,
-        "params": params,
-        "flops_per_token": per_token,
-        "flops": {k: v * tokens for k, v in per_token.items()},
+        "params": {**{k: parts[k] for k in ("embedding", "head", "layers", "norm")}, **acct["params"]},
+        "flops_per_token": dict(per_token),
+        "flops": {k: per_token[k] * tokens for k in FLOP_KINDS},
         "memory": {
             "model_state_bytes": state,
-            "activation_bytes": act,
+            "activation_bytes": act_plain,
             "activation_bytes_checkpointed": act_ckpt,
-            "total_bytes": state + act,
+            "total_bytes": state + act_plain,
             "total_bytes_checkpointed": state + act_ckpt,
+            "peak_estimated_bytes": state + act,  # as the run is set up (checkpointing or not)
         },
     }
 
 
-def plan_recipe(cfg, frozen_sets: list[set[str]] | None = None, run_dir: Path | None = None) -> dict:
-    """The content of plan.json for a validated RunConfig.
+def _baseline_accounting(model: ModelConfig, batch: int, seq_len: int) -> dict:
+    counts = param_counts(model, set(), {})
+    fc = count_flops(model, set(), {}, seq_len)
+    state = model_state_bytes(counts["trainable"], 0)
+    act = activation_bytes(model, batch, seq_len, set())
+    return {"params": {"trainable": counts["trainable"], "frozen": 0, "adapter": 0, "total": counts["total"]},
+            "flops_per_token": {"6nd": fc.six_nd, "exact": fc.exact_total, "attention": fc.attention},
+            "memory": {"model_state_estimated_bytes": state, "activation_estimated_bytes": act}}
 
-    `frozen_sets` (one per stage) default to what the trainer will freeze, worked out on the
-    meta device; `run_dir` (default the recipe's out_dir) is read for measured numbers."""
-    stages = resolve_stages(cfg)
-    if frozen_sets is None:
-        from growlm.plan.provenance import stage_frozen_sets
 
-        frozen_sets = stage_frozen_sets(cfg, stages)
+def plan_recipe(cfg, run_dir: Path | None = None) -> dict:
+    """The content of plan.json for a validated RunConfig; `run_dir` (default the recipe's
+    out_dir) is read for measured numbers."""
+    stages = resolve_stages(cfg, cfg.source)
+    built = check_recipe(cfg, stages)
     batch, seq_len = cfg.train.micro_batch_size, cfg.data.seq_len
-    entries, cum = [], {"seed": 0, "exact": 0}
-    for stage, frozen in zip(stages, frozen_sets):
-        adapters = adapter_params_by_linear(stage.model, stage.spec.adapters, frozen)
-        rank = cfg.optim.galore.rank if stage.optimizer == "galore" else None
-        e = _stage_entry(stage.model, frozen, adapters, stage.tokens, batch, seq_len, rank)
+    entries, cum = [], {"6nd": 0, "exact": 0}
+    for stage, b in zip(stages, built):
+        adapters = adapter_params_by_linear(b.model)
+        e = _entry(stage.model, stage_accounting(b, cfg), b.frozen, adapters, stage.tokens, batch, seq_len)
         for k in cum:
             cum[k] += e["flops"][k]
         spec = stage.spec
-        entries.append({"index": stage.index, "name": stage.name, "steps": stage.steps,
+        entries.append({"stage": stage.number, "name": stage.name, "steps": stage.steps,
                         "grow": spec.grow.op if spec.grow else None,
-                        "freeze": list(spec.freeze), "frozen_tensors": len(frozen),
+                        "freeze": list(spec.freeze), "frozen_tensors": len(b.frozen),
                         "adapters": None if spec.adapters is None else
                         {"kind": spec.adapters.kind, "rank": spec.adapters.rank},
-                        "optimizer": stage.optimizer, **e, "cumulative_flops": dict(cum)})
+                        "optimizer": stage.optimizer, "optimizer_state": spec.optimizer_state,
+                        "provenance": b.provenance, **e, "cumulative_flops": dict(cum)})
     total_tokens = sum(e["tokens"] for e in entries)
-    base = _stage_entry(cfg.model, set(), {}, total_tokens, batch, seq_len)
+    base = _entry(cfg.model, _baseline_accounting(cfg.model, batch, seq_len), set(), {}, total_tokens,
+                  batch, seq_len)
     peak = max(e["memory"]["total_bytes"] for e in entries)
     peak_ckpt = max(e["memory"]["total_bytes_checkpointed"] for e in entries)
-    total_flops = {k: sum(e["flops"][k] for e in entries) for k in ("seed", "exact", "attention")}
+    total_flops = {k: sum(e["flops"][k] for e in entries) for k in FLOP_KINDS}
     plan = {
-        "format": "growlm-plan", "version": 1, "run": cfg.run.name,
+        "format": "growlm-plan", "version": 2, "run": cfg.run.name,
         "micro_batch_size": batch, "seq_len": seq_len,
+        "notes": recipe_notes(cfg, stages),
+        "init_overrides": [{"field": f, "source": a, "recipe": b} for f, a, b in cfg.init_overrides],
         "stages": entries,
         "total": {"tokens": total_tokens, "flops": total_flops,
                   "peak_bytes": peak, "peak_bytes_checkpointed": peak_ckpt},
@@ -100,13 +108,13 @@ def plan_recipe(cfg, frozen_sets: list[set[str]] | None = None, run_dir: Path | 
         "model_state_peak_reduction":
             1 - max(e["memory"]["model_state_bytes"] for e in entries) / bmem["model_state_bytes"],
         "flops_ratio_exact": total_flops["exact"] / base["flops"]["exact"],
-        "flops_ratio_seed": total_flops["seed"] / base["flops"]["seed"],
+        "flops_ratio_6nd": total_flops["6nd"] / base["flops"]["6nd"],
     }
     run_dir = cfg.out_dir if run_dir is None else Path(run_dir)
     measured = measured_by_stage(run_dir / "metrics.jsonl")
     plan["measured_from"] = str(run_dir / "metrics.jsonl") if measured else None
     for e in entries:
-        e["measured"] = measured.get(e["index"])
+        e["measured"] = measured.get(e["stage"])
     return plan
 
 
@@ -126,11 +134,19 @@ def _records(path: Path) -> list[dict]:
     return out
 
 
+def _field(rec: dict, key: str):
+    if key == "flops_6nd" and key not in rec:
+        return rec.get("flops_seed")  # runs written before the rename
+    return rec.get(key)
+
+
 def measured_by_stage(path: Path) -> dict[int, dict]:
-    """Per stage index: measured peak memory, and exact FLOPs, seeds'-formula FLOPs and tokens
-    spent in the stage (differences of the cumulative counters in metrics.jsonl)."""
-    keys = ("flops", "flops_seed", "tokens")
-    peak: dict[int, int] = {}
+    """Per stage number (1-based): what the run measured — the allocator's peak memory where the
+    device reports one (None on CPU until a probe measures it), the model-state bytes of the live
+    weights, gradients and optimizer state, and the exact FLOPs, 6·N·D FLOPs and tokens spent
+    in the stage (differences of the cumulative counters in metrics.jsonl)."""
+    keys = ("flops", "flops_6nd", "tokens")
+    mem: dict[int, dict] = {}
     start: dict[int, dict] = {}
     end: dict[int, dict] = {}
     for rec in _records(path):
@@ -138,20 +154,21 @@ def measured_by_stage(path: Path) -> dict[int, dict]:
         if not isinstance(stage, int):
             continue
         if rec.get("kind") == "stage":
-            mem = (rec.get("memory") or {}).get("measured_peak_bytes") or 0
-            peak[stage] = max(peak.get(stage, 0), int(mem))
+            m = rec.get("memory") or {}
+            if rec.get("event") == "end" or stage not in mem:
+                mem[stage] = {"peak_measured_bytes": m.get("peak_measured_bytes"),
+                              "model_state_bytes": m.get("model_state_bytes", m.get("measured_peak_bytes"))}
             if rec.get("event") == "start" and "flops" in rec:
-                start[stage] = {k: rec.get(k) for k in keys}
+                start[stage] = {k: _field(rec, k) for k in keys}
         elif rec.get("kind") == "step":
-            peak[stage] = max(peak.get(stage, 0), int(rec.get("mem_bytes") or 0))
-            end[stage] = {k: rec.get(k) or 0 for k in keys}
+            end[stage] = {k: _field(rec, k) or 0 for k in keys}
     out: dict[int, dict] = {}
     previous = dict.fromkeys(keys, 0)
-    for stage in sorted(set(peak) | set(end)):
+    for stage in sorted(set(mem) | set(end)):
         first = {k: v if v is not None else previous[k] for k, v in start.get(stage, previous).items()}
         last = end.get(stage)
         spent = {k: last[k] - first[k] for k in keys} if last else dict.fromkeys(keys, 0)
-        out[stage] = {"peak_bytes": peak.get(stage, 0), **spent}
+        out[stage] = {**mem.get(stage, {"peak_measured_bytes": None, "model_state_bytes": None}), **spent}
         if last:
             previous = last
     return out
@@ -162,7 +179,7 @@ def measured_by_stage(path: Path) -> dict[int, dict]:
 def format_plan(plan: dict) -> str:
     """A fixed-width table of the plan for the terminal."""
     head = (f"{'stage':<14}{'layers':>7}{'trainable':>11}{'frozen':>9}{'adapter':>9}{'tokens':>9}"
-            f"{'FLOPs seed':>12}{'FLOPs exact':>13}{'attn':>9}{'cum exact':>11}"
+            f"{'FLOPs 6ND':>12}{'FLOPs exact':>13}{'attn':>9}{'cum exact':>11}"
             f"{'state':>11}{'act':>11}{'act ckpt':>11}{'total':>11}")
     lines = [f"plan for {plan['run']} (micro-batch {plan['micro_batch_size']} × seq "
              f"{plan['seq_len']}; FLOPs forward+backward; memory in bf16 + fp32 Adam)", head]
@@ -171,7 +188,7 @@ def format_plan(plan: dict) -> str:
         p, f, mem = e["params"], e["flops"], e["memory"]
         return (f"{name[:13]:<14}{e['model']['n_layers']:>7}{human_count(p['trainable']):>11}"
                 f"{human_count(p['frozen']):>9}{human_count(p['adapter']):>9}"
-                f"{human_count(e['tokens']):>9}{f['seed']:>12.3g}{f['exact']:>13.3g}"
+                f"{human_count(e['tokens']):>9}{f['6nd']:>12.3g}{f['exact']:>13.3g}"
                 f"{f['attention']:>9.2g}{cum:>11}{human_bytes(mem['model_state_bytes']):>11}"
                 f"{human_bytes(mem['activation_bytes']):>11}"
                 f"{human_bytes(mem['activation_bytes_checkpointed']):>11}"
@@ -181,10 +198,12 @@ def format_plan(plan: dict) -> str:
         lines.append(row(e["name"], e, f"{e['cumulative_flops']['exact']:.3g}"))
         m = e.get("measured")
         if m:
-            lines.append(f"{'  measured':<14}{'':>45}{m['flops_seed']:>12.3g}{m['flops']:>13.3g}"
-                         f"{'':>20}{'':>33}{human_bytes(m['peak_bytes']) if m['peak_bytes'] else '-':>11}")
+            state = human_bytes(m["model_state_bytes"]) if m.get("model_state_bytes") else "-"
+            peak = human_bytes(m["peak_measured_bytes"]) if m.get("peak_measured_bytes") else "-"
+            lines.append(f"{'  measured':<14}{'':>45}{m['flops_6nd']:>12.3g}{m['flops']:>13.3g}"
+                         f"{'':>20}{state:>11}{'':>22}{peak:>11}")
     t, b, c = plan["total"], plan["baseline"], plan["comparison"]
-    lines.append(f"{'total':<14}{'':>36}{human_count(t['tokens']):>9}{t['flops']['seed']:>12.3g}"
+    lines.append(f"{'total':<14}{'':>36}{human_count(t['tokens']):>9}{t['flops']['6nd']:>12.3g}"
                  f"{t['flops']['exact']:>13.3g}{t['flops']['attention']:>9.2g}"
                  f"{'':>44}{'peak ' + human_bytes(t['peak_bytes']):>11}")
     lines.append(row("baseline", b, f"{b['flops']['exact']:.3g}"))
@@ -197,5 +216,11 @@ def format_plan(plan: dict) -> str:
         f"{lower_or_higher(c['peak_reduction'])} ({lower_or_higher(c['peak_reduction_checkpointed'])} with "
         f"activation checkpointing, {lower_or_higher(c['model_state_peak_reduction'])} model state only); "
         f"FLOPs {c['flops_ratio_exact']:.3f}× the baseline's (exact), "
-        f"{c['flops_ratio_seed']:.3f}× (seeds' formula)")
+        f"{c['flops_ratio_6nd']:.3f}× (6·N·D formula)")
+    if any(e.get("measured") for e in plan["stages"]):
+        lines.append("measured: 'state' is the live bytes of weights, gradients and optimizer state; "
+                     "'total' the allocator's peak, activations included ('-' where not measured)")
+    lines += [f"note: {n}" for n in plan.get("notes", [])]
+    lines += [f"note: stage.1.init: [model] sets {o['field']} = {o['recipe']!r}; the init source has "
+              f"{o['source']!r} (a deliberate override)" for o in plan.get("init_overrides", [])]
     return "\n".join(lines)

@@ -15,7 +15,7 @@ def vocab_tensors(run: Run) -> dict:
     """{"embedding": tensor, "head": tensor} of the run's newest complete checkpoint."""
     from safetensors import safe_open
 
-    from growlm.train.checkpoint import MODEL_FILE, resolve_checkpoint
+    from growlm.checkpoint import MODEL_FILE, resolve_checkpoint
 
     ckpt = resolve_checkpoint(run.path)
     out = {}

@@ -46,7 +46,7 @@ class Run:
 
     @property
     def complete(self) -> bool:
-        return self.finished_stages >= set(range(self.n_stages))
+        return self.finished_stages >= set(range(1, self.n_stages + 1))  # stages count from 1
 
     @property
     def status(self) -> str:
@@ -55,7 +55,7 @@ class Run:
         if not self.steps:
             return "not started"
         last = self.steps[-1]
-        return f"in progress (stage {last.get('stage', 0) + 1}/{self.n_stages}, step {last.get('step')})"
+        return f"in progress (stage {last.get('stage', 1)}/{self.n_stages}, step {last.get('step')})"
 
     # ---------------------------------------------------------------- numbers
     @property

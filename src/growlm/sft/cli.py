@@ -103,7 +103,7 @@ def model_source(path: Path) -> tuple[ModelConfig, Path, Path]:
         cfg, _ = load_hf_folder(path)
         weights = path
     else:
-        from growlm.train.checkpoint import load_model_state, resolve_checkpoint
+        from growlm.checkpoint import load_model_state, resolve_checkpoint
 
         # Pin the checkpoint (not the run): a resumed SFT run must start from the same one.
         weights = resolve_checkpoint(path)

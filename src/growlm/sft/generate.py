@@ -67,7 +67,7 @@ def _load_state(source: Path) -> tuple[ModelConfig, dict, Path | None]:
     if load_source is not None:
         return load_source(source)
     # Fallback while the export module is missing: growlm checkpoints only, adapters unmerged.
-    from growlm.train.checkpoint import load_model_state, resolve_checkpoint
+    from growlm.checkpoint import load_model_state, resolve_checkpoint
 
     cfg, state, _ = load_model_state(source)
     tok = resolve_checkpoint(source) / "tokenizer.json"

@@ -1,9 +1,10 @@
-"""`growlm train RECIPE.toml [--set key=value ...] [--resume]`."""
+"""`growlm train RECIPE.toml [--set key=value ...] [--resume] [--dry-run]`."""
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 import sys
 
 # What gloo and NCCL raise when a peer process is gone; any other RuntimeError stays a bug.
@@ -14,14 +15,19 @@ _PEER_LOST = re.compile(r"Connection (reset|closed|refused)|Broken pipe|Timed ou
 def add_arguments(parser) -> None:
     parser.add_argument("recipe", help="TOML recipe")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe value, e.g. --set optim.lr=1e-3 --set stage.2.tokens=20M")
+                        help="override a recipe value, e.g. --set optim.lr=1e-3 --set stage.2.tokens=20M; "
+                             "KEY=null removes a key")
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
-    parser.add_argument("--out", help="run directory (overrides run.out_dir)")
+    parser.add_argument("--out", help="run folder (overrides run.out_dir)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the whole recipe (every stage built on the meta device, the data, the "
+                             "run folder) and exit without training")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or stage log")
 
 
 def run(args) -> int:
     from growlm.config import load_recipe
+    from growlm.eval.scheduled import benchmark_hooks
     from growlm.train.distributed import maybe_init_distributed
     from growlm.train.trainer import Trainer
 
@@ -29,23 +35,47 @@ def run(args) -> int:
     if args.out:
         overrides.append(f"run.out_dir={json.dumps(args.out)}")
     cfg = load_recipe(args.recipe, overrides)
+    hooks = benchmark_hooks(cfg)
+    if args.dry_run:
+        return dry_run(cfg, hooks)
     dist = maybe_init_distributed(cfg)
+    hint = shlex.join(["growlm", "train", args.recipe, *[x for o in args.overrides for x in ("--set", o)],
+                       *(["--out", args.out] if args.out else []), "--resume"])
     try:
-        return run_to_end(Trainer(cfg, resume=args.resume, dist=dist, quiet=args.quiet), dist)
+        trainer = Trainer(cfg, resume=args.resume, dist=dist, quiet=args.quiet, hooks=hooks)
+        return run_to_end(trainer, dist, resume_hint=hint)
     finally:
         if dist is not None:
             dist.close()
 
 
+def dry_run(cfg, hooks) -> int:
+    """Everything `growlm train` checks before its first step, and nothing written."""
+    from growlm.stages import recipe_notes
+    from growlm.train.trainer import Trainer
+
+    trainer = Trainer(cfg, quiet=True, hooks=hooks)
+    trainer._open_data()
+    for note in [*recipe_notes(cfg, trainer.stages), *trainer._data_notes()]:
+        print(f"note: {note}")
+    steps = sum(s.steps for s in trainer.stages)
+    print(f"{cfg.source}: {len(trainer.stages)} stage{'s' if len(trainer.stages) > 1 else ''}, "
+          f"{steps:,} steps, every stage builds; nothing was written (dry run)")
+    return 0
+
+
 def run_to_end(trainer, dist, command: str = "train", resume_hint: str | None = None) -> int:
-    """Run a built trainer; a clean stop exits 143, a lost peer rank 1, each with one line."""
+    """Run a built trainer. A clean stop exits 128 + the signal (SIGINT 130, SIGTERM 143) with
+    the command that resumes; a lost peer rank exits 1; each with one line."""
     from growlm.train.trainer import Stopped
 
     try:
         summary = trainer.run()
     except Stopped as e:
-        print(str(e).replace("growlm train RECIPE", resume_hint) if resume_hint else str(e))
-        return 143
+        if trainer.rank == 0:
+            print(f"growlm {command}: {e}; resume with: {resume_hint or 'the same command and --resume'}",
+                  file=sys.stderr)
+        return e.exit_code
     except RuntimeError as e:
         if dist is None or not _peer_lost(e):
             raise
@@ -55,8 +85,17 @@ def run_to_end(trainer, dist, command: str = "train", resume_hint: str | None = 
               file=sys.stderr)
         return 1
     if trainer.rank == 0:
-        print(json.dumps(summary, indent=1))
+        print(format_summary(summary))
     return 0
+
+
+def format_summary(s: dict) -> str:
+    from growlm.units import human_count
+
+    loss = "-" if s["val_loss"] is None else f"{s['val_loss']:.4f}"
+    extra = "".join(f", {s[k]} {k.replace('_', ' ')}" for k in ("skipped_steps", "rollbacks") if s[k])
+    return (f"done: {s['steps']:,} steps, {human_count(s['tokens'])} tokens, {s['flops']:.3g} FLOPs, "
+            f"final val loss {loss}, {s['elapsed_s'] / 60:.1f} min training{extra} → {s['out_dir']}")
 
 
 def _peer_lost(e: RuntimeError) -> bool:

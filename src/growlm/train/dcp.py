@@ -1,7 +1,7 @@
 """Sharded checkpoints of FSDP runs through torch.distributed.checkpoint (DCP).
 
 A mid-stage checkpoint of an FSDP run is an ordinary checkpoint directory (see
-growlm.train.checkpoint: written under a temporary name, renamed by rank 0 once complete,
+growlm.checkpoint: written under a temporary name, renamed by rank 0 once complete,
 meta.json last) whose weights are not one model.safetensors but
 
   shards/*.safetensors  every rank writes its own shards of the model and optimizer tensors,
@@ -13,7 +13,8 @@ meta.json last) whose weights are not one model.safetensors but
 DCP's safetensors storage (HuggingFaceStorageWriter/Reader) is used rather than its default
 one because the default reader unpickles a .metadata file; this one reads JSON headers only.
 Any number of processes can load it: DCP reads each rank's slice of every tensor from
-whichever files hold it, so a run saved at 2 ranks resumes at 1 or 4, or under DDP.
+whichever files hold it, so a run saved at 2 ranks resumes at 1 or 4, or under DDP; a single
+process reads the whole model with `growlm.checkpoint.read_sharded_model_state`.
 
 Stage-boundary checkpoints are written whole (model.safetensors by rank 0): growth needs the
 full state at that point anyway, and `growlm export` then reads them like any other.
@@ -22,7 +23,6 @@ full state at that point anyway, and `growlm export` then reads them like any ot
 from __future__ import annotations
 
 import contextlib
-import shutil
 import warnings
 from pathlib import Path
 
@@ -38,8 +38,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.tensor import DTensor
 
+from growlm import checkpoint as ckpt
 from growlm.errors import GrowlmError
-from growlm.train import checkpoint as ckpt
 
 SHARD_DIR = "shards"
 
@@ -80,28 +80,20 @@ def _flatten(model, model_sd: dict, optim_sd: dict, sharded_only: bool = True) -
 
 
 def _describe(files: list[Path], root: Path) -> dict:
-    return {f.relative_to(root).as_posix(): {"bytes": f.stat().st_size, "sha256": ckpt._sha256(f)}
+    return {f.relative_to(root).as_posix(): {"bytes": f.stat().st_size, "sha256": ckpt.sha256_file(f)}
             for f in files}
 
 
 # ---------------------------------------------------------------- save
 
-def save_sharded(trainer, model, opt, train_state: dict, meta: dict) -> Path | None:
-    """Every rank calls this; returns the checkpoint path on rank 0, None elsewhere."""
-    d = trainer.dist
-    step = trainer.counters.global_step
-    if opt is None or meta.get("stage_complete"):
-        full = d.full_state(model)
-        state = d.full_tree(train_state)  # e.g. the moments kept for optimizer_state = "map"
-        if d.rank != 0:
-            return None
-        return ckpt.save_checkpoint(trainer.ckpt_root, step, full, state, meta,
-                                    tokenizer=trainer.tokenizer_path)
-    tmp = trainer.ckpt_root / f".tmp-{ckpt.checkpoint_name(step)}-sharded"
+def save_sharded(dist, ckpt_root: Path, step: int, model, opt, train_state: dict, meta: dict,
+                 tokenizer: Path | None) -> Path | None:
+    """A mid-stage checkpoint of an FSDP run. Every rank calls this; returns the checkpoint
+    path on rank 0, None elsewhere."""
+    d = dist
+    tmp = ckpt_root / f".tmp-{ckpt.checkpoint_name(step)}-sharded"
     if d.rank == 0:
-        trainer.ckpt_root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # a crashed attempt at the same step
-        tmp.mkdir()
+        ckpt.new_tmp_dir(ckpt_root, step, "sharded")  # clears a crashed attempt at the same step
     d.barrier()
     d.reshard(model)
     tensors, rest, aliases = _flatten(
@@ -117,8 +109,8 @@ def save_sharded(trainer, model, opt, train_state: dict, meta: dict) -> Path | N
     unclaimed = [f for f in sorted(shard_dir.iterdir()) if f.relative_to(tmp).as_posix() not in known]
     known.update(_describe(unclaimed, tmp))  # file names DCP chose differently than expected
     meta = {**meta, "sharded": {"dir": SHARD_DIR, "world_size": d.world_size, "aliases": aliases}}
-    return ckpt.save_checkpoint(trainer.ckpt_root, step, None, {**train_state, "optimizer": rest},
-                                meta, tokenizer=trainer.tokenizer_path, tmp=tmp, known_files=known)
+    return ckpt.save_checkpoint(ckpt_root, step, None, {**train_state, "optimizer": rest},
+                                meta, tokenizer=tokenizer, tmp=tmp, known_files=known)
 
 
 # ---------------------------------------------------------------- load
@@ -146,25 +138,6 @@ def load_sharded(ckpt_dir: Path, meta: dict, train_state: dict, model, opt) -> N
         optim_sd["state"].setdefault(fqn, {}).update(state)
     optim_sd["param_groups"] = saved["param_groups"]
     set_state_dict(model, opt, model_state_dict=model_sd, optim_state_dict=optim_sd)
-
-
-def read_model_state(ckpt_dir: Path, meta: dict) -> dict[str, torch.Tensor]:
-    """The whole model of a sharded checkpoint in this process (export, eval, a later
-    stage's `init`); reads files only, whether or not a process group exists."""
-    sharded = meta["sharded"]
-    shard_dir = ckpt_dir / sharded["dir"]
-    metadata = HuggingFaceStorageReader(str(shard_dir)).read_metadata()
-    tensors = {key: torch.empty(m.size, dtype=m.properties.dtype)
-               for key, m in metadata.state_dict_metadata.items() if key.startswith("model.")}
-    try:
-        with _single_process_ok():
-            dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(shard_dir)), no_dist=True)
-    except (CheckpointException, RuntimeError, AssertionError, KeyError) as e:
-        raise GrowlmError(f"{shard_dir}: unreadable sharded weights ({type(e).__name__})") from None
-    for alias, source in sharded.get("aliases", {}).items():
-        tensors[alias] = tensors[source]
-    return {key.removeprefix("model."): t for key, t in tensors.items()}
-
 
 
 @contextlib.contextmanager

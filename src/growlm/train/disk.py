@@ -23,24 +23,23 @@ MOMENT_BYTES = 8  # AdamW exp_avg + exp_avg_sq, fp32
 SMALL_FILES_BYTES = 64 * 1024  # meta.json (with provenance), loader/RNG state, file-system slack
 
 
-def stage_checkpoint_bytes(cfg, stages) -> list[tuple[int, int]]:
-    """(weight bytes, optimizer bytes) of one checkpoint of each stage."""
-    from growlm.plan.memory import adapter_params_by_linear, param_counts
-    from growlm.plan.provenance import stage_frozen_sets
+def stage_checkpoint_bytes(cfg, stages, built=None) -> list[tuple[int, int]]:
+    """(weight bytes, optimizer bytes) of one checkpoint of each stage. `built`: the stages
+    built on the meta device (growlm.train.boundary.check_recipe), made here when not given."""
+    from growlm.train.boundary import check_recipe, stage_accounting
 
     out = []
-    for stage, frozen in zip(stages, stage_frozen_sets(cfg, stages)):
-        adapters = adapter_params_by_linear(stage.model, stage.spec.adapters, frozen)
-        counts = param_counts(stage.model, frozen, adapters)
+    for b in built or check_recipe(cfg, stages):
+        counts = stage_accounting(b, cfg)["params"]
         out.append((WEIGHT_BYTES * counts["total"], MOMENT_BYTES * (counts["trainable"] + counts["adapter"])))
     return out
 
 
-def estimate_checkpoint_bytes(cfg, stages, tokenizer: Path | None = None) -> int:
+def estimate_checkpoint_bytes(cfg, stages, tokenizer: Path | None = None, built=None) -> int:
     """Upper bound of the bytes a run's checkpoints occupy at any one time (module docstring).
     Each checkpoint also holds a copy of `tokenizer` and a few small files."""
     extra = SMALL_FILES_BYTES + (Path(tokenizer).stat().st_size if tokenizer and Path(tokenizer).is_file() else 0)
-    sizes = stage_checkpoint_bytes(cfg, stages)
+    sizes = stage_checkpoint_bytes(cfg, stages, built)
     boundary = 0
     for i, (weights, moments) in enumerate(sizes):
         maps = i + 1 < len(stages) and stages[i + 1].spec.optimizer_state == "map"
@@ -56,10 +55,10 @@ def _free_bytes(path: Path) -> int | None:
     return None
 
 
-def check_disk_budget(cfg, stages, out_dir: Path, tokenizer: Path | None = None) -> str | None:
+def check_disk_budget(cfg, stages, out_dir: Path, tokenizer: Path | None = None, built=None) -> str | None:
     """Print (and return) a one-line warning when the estimate exceeds run.disk_budget or the
     free space of the output disk; None when it fits."""
-    need = estimate_checkpoint_bytes(cfg, stages, tokenizer)
+    need = estimate_checkpoint_bytes(cfg, stages, tokenizer, built)
     budget, free = cfg.run.disk_budget, _free_bytes(Path(out_dir).resolve())
     if budget is not None and need > budget:
         limit = f"more than run.disk_budget = {human_bytes(budget)}"

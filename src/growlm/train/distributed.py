@@ -192,10 +192,15 @@ class Dist:
                                                    p.placements, src_data_rank=None)
 
     # ------------------------------------------------------------------ collectives
-    def mean(self, value: torch.Tensor) -> torch.Tensor:
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
         out = value.detach().clone()
-        tdist.all_reduce(out)  # gloo has no AVG
-        return out / self.world_size
+        tdist.all_reduce(out)
+        return out
+
+    def sum_int(self, value: int) -> int:
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
+        tdist.all_reduce(t)
+        return int(t.item())
 
     def any(self, flag: bool) -> bool:
         t = torch.tensor([int(flag)], device=self.device)

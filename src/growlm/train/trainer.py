@@ -1,59 +1,57 @@
-"""The stage loop: build → train → checkpoint → grow → ... in one resumable run.
+"""The stage loop: check → build → train → hand over → ... in one resumable run.
 
-Exact resume: everything that decides the next loss (weights, optimizer, loader position,
-RNG, stage index and step, ReLoRA counters) is in the checkpoint, and rebuilding a stage
-draws its fresh weights from a per-stage generator, so a killed and resumed run gives
-bit-identical losses on CPU.
+Before anything is written, every stage of the recipe is built on the meta device through the
+same boundary the run uses (growlm.train.boundary.check_recipe), and the data and the run folder
+are checked, so a recipe that cannot finish fails before its first step.
+
+Exact resume: everything that decides the next loss (weights, optimizer, loader position, RNG,
+stage and step, ReLoRA's reset count) is in the checkpoint, and a stage's fresh weights come
+from a per-stage generator, so a killed and resumed run gives bit-identical losses on CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
-import warnings
-from dataclasses import dataclass, field
+import time
 from pathlib import Path
 
 import torch
 
 from growlm.errors import GrowlmError
-from growlm.model.llama import cross_entropy
-from growlm.stages import ResolvedStage, resolve_stages
-from growlm.train import checkpoint as ckpt
+from growlm.stages import resolve_stages
+from growlm.train import boundary
+from growlm.train.hooks import FaultInjection, ModelStateBytes, Progress
+from growlm.train.manager import CheckpointManager, Saved
 from growlm.train.metrics import MetricsWriter
-from growlm.train.stage import Rollback, StageRuntime
-from growlm.units import human_bytes, human_count
+from growlm.train.state import Counters, RNGState
+from growlm.train.step import IGNORE_INDEX, token_loss_sum, train_step
+
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # bf16 dense
 
 
 class Stopped(Exception):
     """SIGTERM/SIGINT: a checkpoint was saved; the run resumes with --resume."""
 
+    def __init__(self, signum: int, step: int):
+        self.signum, self.step = signum, step
+        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else signum
+        super().__init__(f"stopped by {name} at step {step}; a checkpoint was saved")
 
-@dataclass
-class Counters:
-    global_step: int = 0
-    tokens: int = 0
-    flops: int = 0
-    flops_seed: int = 0
-    bad_steps: int = 0
-    skipped_steps: int = 0
-    elapsed: float = 0.0
-    last_val_loss: float | None = None
-    history: list = field(default_factory=list)
-    # non-finite rollbacks: total, and the LR multiplier they left on one stage
-    rollbacks: int = 0
-    stage_rollbacks: int = 0
-    lr_scale: float = 1.0
-    lr_scale_stage: int = -1
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
-    def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("global_step", "tokens", "flops", "flops_seed",
-                                               "bad_steps", "skipped_steps", "elapsed", "last_val_loss",
-                                               "rollbacks", "stage_rollbacks", "lr_scale", "lr_scale_stage")}
 
-    def lr_scale_for(self, stage: int) -> float:
-        return self.lr_scale if stage == self.lr_scale_stage else 1.0
+class Rollback(Exception):
+    """A non-finite step under `train.nonfinite = "rollback"`: the trainer reloads the last
+    checkpoint. `position` is the loader position just past the offending batch."""
+
+    def __init__(self, stage_index: int, step: int, position: int):
+        super().__init__(f"non-finite loss/gradient at step {step}")
+        self.stage_index, self.step, self.position = stage_index, step, position
 
 
 def pick_device(name: str) -> torch.device:
@@ -64,29 +62,50 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
 def stages_fingerprint(cfg) -> str:
-    """What must not change when a run resumes: shapes, stage list, batch and sequence length."""
+    """Every setting that changes the numbers a run computes. A run resumes only with the
+    same fingerprint; it is kept in run.json and in every checkpoint. Left out: where and how
+    often things are written or logged, and how the work is spread (micro-batch size, ranks,
+    activation checkpointing), which change memory and speed, not the result."""
     keep = {"model": cfg.model.model_dump(), "stage": [s.model_dump() for s in cfg.stage],
-            "seq_len": cfg.data.seq_len, "global_batch_tokens": cfg.train.global_batch_tokens,
-            "seed": cfg.run.seed}
+            "data": cfg.data.model_dump(), "optim": cfg.optim.model_dump(),
+            "schedule": cfg.schedule.model_dump(),
+            "train": cfg.train.model_dump(exclude={"micro_batch_size"}), "seed": cfg.run.seed}
     return json.dumps(keep, sort_keys=True, default=str)
 
 
 class Trainer:
-    def __init__(self, cfg, resume: bool = False, dist=None, quiet: bool = False):
+    """Runs a recipe's stages. `hooks`: extra growlm.train.hooks.Hook objects (the command
+    layer adds the `[eval]` benchmarks this way)."""
+
+    def __init__(self, cfg, resume: bool = False, dist=None, quiet: bool = False, hooks=()):
         self.cfg = cfg
-        self.stages: list[ResolvedStage] = resolve_stages(cfg)
-        self.resume = resume
-        self.quiet = quiet
-        self.dist = dist  # growlm.train.distributed.Dist or None
-        self.evals = None  # growlm.train.evals.ScheduledEvals when the recipe has [eval] tasks
+        self.stages = resolve_stages(cfg, cfg.source)
+        self.checked = boundary.check_recipe(cfg, self.stages)  # every stage, on meta, first
+        if cfg.eval.tasks and not any(getattr(h, "scores_benchmarks", False) for h in hooks):
+            raise GrowlmError("eval.tasks: this trainer was built without the benchmark hook; "
+                              "run the recipe with growlm train (or pass growlm.eval.scheduled hooks)")
+        self.resume, self.quiet, self.dist = resume, quiet, dist
         self.rank = dist.rank if dist else 0
         self.world = dist.world_size if dist else 1
+        self.verbose = self.rank == 0 and not quiet
         self.device = dist.device if dist else pick_device(cfg.run.device)
         self.out = cfg.out_dir
         self.ckpt_root = self.out / "checkpoints"
-        self.counters = Counters()
+        self.counters, self.rng = Counters(), RNGState()
+        self.faults, self.state_bytes = FaultInjection(), ModelStateBytes()
+        self.hooks = [Progress(cfg.run.log_every), self.state_bytes, *hooks]
+        self.metrics: MetricsWriter | None = None
         self._stop_signal: int | None = None
+        self._skip_to: tuple[int, int] | None = None  # (stage index, loader position) after a rollback
+        self.accounting: dict = {}
         seqs = cfg.train.global_batch_tokens // cfg.data.seq_len
         per_rank = cfg.train.micro_batch_size * self.world
         if seqs % per_rank:
@@ -94,14 +113,22 @@ class Trainer:
                 f"train.global_batch_tokens / data.seq_len = {seqs} sequences per step is not divisible by "
                 f"micro_batch_size × world size = {per_rank}")
         self.accum = seqs // per_rank
+        from growlm.train.parallel import Parallelism
 
-    # ------------------------------------------------------------------ setup
-    def _log(self, msg: str) -> None:
-        if self.rank == 0 and not self.quiet:
-            from tqdm.auto import tqdm
+        self.parallel = Parallelism(cfg.run, dist, self.device)
 
-            tqdm.write(msg)  # above a running progress bar, not through it
+    # ------------------------------------------------------------------ output
+    def log(self, msg: str) -> None:
+        if self.verbose:
+            from growlm.progress import log_line
 
+            log_line(msg)
+
+    def warn(self, msg: str) -> None:
+        if self.rank == 0:
+            print(f"warning: {msg}", flush=True)
+
+    # ------------------------------------------------------------------ data
     def _open_data(self):
         from growlm.data import SequenceLoader, open_shards
 
@@ -113,6 +140,7 @@ class Trainer:
         if train.num_tokens("train") < self.cfg.data.seq_len + 1:
             raise GrowlmError(f"data.train: {self.cfg.data.train} has fewer tokens than one sequence")
         self.tokenizer_path = train.tokenizer_path
+        self.train_tokens = train.num_tokens("train")
         self.loader = SequenceLoader(train.tokens("train"), self.cfg.data.seq_len, self.cfg.run.seed,
                                      rank=self.rank, world_size=self.world)
         val_src = open_shards(self.cfg.data.val) if self.cfg.data.val else train
@@ -120,92 +148,125 @@ class Trainer:
             raise GrowlmError("data.val: shards were made with a different tokenizer than data.train")
         split = "val" if val_src.num_tokens("val") > self.cfg.data.seq_len else None
         self.val_tokens = val_src.tokens(split) if split else None
-        if self.cfg.eval.tasks:
-            from growlm.train.evals import ScheduledEvals
 
-            self.evals = ScheduledEvals(self.cfg.eval, self.tokenizer_path, self.val_tokens)
+    def _data_notes(self) -> list[str]:
+        """Warnings about the data a recipe will read (printed once at a fresh start)."""
+        planned = sum(s.tokens for s in self.stages)
+        available = getattr(self, "train_tokens", None)
+        if not available or planned <= 2 * available:
+            return []
+        return [f"the stages read {planned:,} tokens, about {planned / available:,.0f} passes over "
+                f"data.train's {available:,} tokens; the data will repeat"]
 
-    def _check_run_dir(self) -> tuple[Path, dict] | None:
+    # ------------------------------------------------------------------ run folder
+    def _check_run_dir(self, manager: CheckpointManager) -> Saved | None:
+        """Read-only checks of an existing run folder; returns the checkpoint to resume from."""
+        from growlm.files import read_json
+
         run_file = self.out / "run.json"
-        fingerprint = stages_fingerprint(self.cfg)
-        with warnings.catch_warnings(record=True) as damaged:  # re-raised below, or summed up
-            warnings.simplefilter("always")
-            found = ckpt.latest_valid(self.ckpt_root) if self.ckpt_root.exists() else None
-        has_any = bool(ckpt.list_checkpoints(self.ckpt_root))
+        has_any = bool(manager.all())
         if has_any and not self.resume:
             raise GrowlmError(f"{self.out} already holds checkpoints; pass --resume to continue it, "
                               "or set run.name / run.out_dir for a new run")
         if run_file.is_file() and (self.resume or has_any):
-            old = json.loads(run_file.read_text()).get("fingerprint")
-            if old != fingerprint:
-                raise GrowlmError(f"{self.out}: the recipe's model, stages, batch or seed changed since the run "
-                                  "started; resume with the original recipe or start a new run")
-        if self.resume and has_any and found is None:
-            newest = str(damaged[0].message).removeprefix("skipping damaged checkpoint: ") if damaged else "?"
+            old = read_json(run_file, "run record").get("fingerprint")
+            if old != manager.fingerprint:
+                raise GrowlmError(f"{self.out}: the recipe's settings changed since the run started (model, "
+                                  "stages, data, optimizer, schedule, batch or seed); resume with the original "
+                                  "recipe and --set values, or start a new run")
+        saved, damaged = manager.latest()
+        if self.resume and has_any and saved is None:
+            newest = damaged[0].removeprefix("skipping damaged checkpoint: ") if damaged else "?"
             raise GrowlmError(f"{self.ckpt_root}: no readable checkpoint to resume from; all {len(damaged)} "
                               f"are damaged (newest: {newest})")
-        for w in damaged:  # falling back past damaged checkpoints: say which ones
-            warnings.warn(w.message, stacklevel=2)
-        if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            tmp = run_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"fingerprint": fingerprint, "config": self.cfg.model_dump(mode="json")},
-                                      indent=1))
-            tmp.replace(run_file)
-        return found
+        for msg in damaged:  # falling back past damaged checkpoints: say which ones
+            self.warn(msg)
+        if self.resume and saved is None:
+            self.log(f"--resume: {self.out} has no checkpoint yet; starting from the beginning")
+        return saved
+
+    def _write_run_record(self) -> None:
+        from growlm.files import atomic_write_json
+
+        record = {"fingerprint": stages_fingerprint(self.cfg), "recipe": self.cfg.source,
+                  "config": self.cfg.model_dump(mode="json")}
+        atomic_write_json(self.out / "run.json", record)
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> dict:
-        self._open_data()  # first: bad data must not leave a run directory behind
-        found = self._check_run_dir()
-        if found is None and self.rank == 0:  # before a new run starts: will its checkpoints fit?
-            from growlm.train.disk import check_disk_budget
+        from growlm.train.lock import RunLock
 
-            check_disk_budget(self.cfg, self.stages, self.out, self.tokenizer_path)
+        self._open_data()  # first: bad data must not leave a run folder behind
+        fingerprint = stages_fingerprint(self.cfg)
+        manager = CheckpointManager(self.ckpt_root, self.cfg.run.keep_last, fingerprint, self.dist,
+                                    self.tokenizer_path, log=self.log)
+        with RunLock(self.out, enabled=self.rank == 0):
+            saved = self._check_run_dir(manager)
+            if saved is None and self.rank == 0:
+                self._start_notes()
+            if self.rank == 0:
+                self._write_run_record()
+            self.manager = manager
+            self._run_stages(saved)
+        return self.summary()
+
+    def _start_notes(self) -> None:
+        from growlm.stages import recipe_notes
+        from growlm.train.disk import check_disk_budget
+
+        for note in [*recipe_notes(self.cfg, self.stages), *self._data_notes()]:
+            self.warn(note)
+        for name, theirs, ours in self.cfg.init_overrides:
+            self.warn(f"stage.1.init: [model] sets {name} = {ours!r}; the init source has {theirs!r} "
+                      "(a deliberate override)")
+        check_disk_budget(self.cfg, self.stages, self.out, self.tokenizer_path, self.checked)
+
+    def _run_stages(self, saved: Saved | None) -> None:
         metrics_path = self.out / "metrics.jsonl"
-        prev, start, resume_state = self._restore(found, metrics_path)
+        handoff, start, resume = self._restore(saved, metrics_path)
         self.metrics = self._open_metrics(metrics_path)
         old_handlers = self._install_signals()
         try:
             while True:
                 try:
-                    for stage in self.stages[start:]:
-                        runtime = StageRuntime(self, stage, prev, resume_state)
-                        prev = runtime.train()
-                        resume_state = None
+                    for i in range(start, len(self.stages)):
+                        handoff = self._stage(i, handoff, resume)
+                        resume = None
                     break
                 except Rollback as rb:
-                    prev, start, resume_state = self._rollback(rb, metrics_path)
+                    handoff, start, resume = self._rollback(rb, metrics_path)
         finally:
             self._restore_signals(old_handlers)
             if self.metrics:
                 self.metrics.close()
-        return self.summary()
 
     def _open_metrics(self, metrics_path: Path) -> MetricsWriter | None:
         if self.rank != 0:
             return None
         return MetricsWriter(metrics_path, self.cfg.run.tensorboard, self.cfg.run.wandb, self.cfg.run.name)
 
-    def _restore(self, found: tuple[Path, dict] | None, metrics_path: Path):
-        """(prev, start stage, resume_state) from a checkpoint, or a fresh start when None."""
-        if found is None:
+    def _restore(self, saved: Saved | None, metrics_path: Path):
+        """(hand-off, first stage index, checkpoint to resume inside that stage)."""
+        if saved is None:
             if self.rank == 0 and metrics_path.exists():
                 metrics_path.unlink()  # records of an attempt that never reached a checkpoint
             return None, 0, None
-        path, meta = found
-        train_state = ckpt.load_train_state(path)
-        self.counters = Counters(**train_state["counters"])
+        self.counters = Counters()
+        self.counters.load_state_dict(saved.state["counters"])
         if self.rank == 0:
-            MetricsWriter.truncate(metrics_path, meta["global_step"], meta["stage"])
-        self._log(f"resuming from {path} (stage {meta['stage'] + 1}, step {meta['global_step']})")
-        if meta.get("stage_complete"):
-            cfg, state, _ = ckpt.load_model_state(path)
-            self._last_opt = train_state.get("named_optimizer") or {}
-            self.loader.load_state_dict(train_state["loader"])
-            self._restore_rng(train_state)
-            return (cfg, state), meta["stage"] + 1, None
-        return None, meta["stage"], (path, meta, train_state)
+            MetricsWriter.truncate(metrics_path, saved.meta["global_step"], saved.meta["stage"])
+        self.log(f"resuming from {saved.path} (stage {saved.meta['stage']}, step {saved.meta['global_step']})")
+        if not saved.complete:
+            return None, saved.stage_index, saved
+        from growlm.checkpoint import load_model_state
+
+        cfg, weights, _ = load_model_state(saved.path)
+        done = self.stages[saved.stage_index]
+        handoff = boundary.HandOff(cfg, weights, saved.state.get("moments", saved.state.get("named_optimizer", {})),
+                                   done.optimizer)
+        self.loader.load_state_dict(saved.state["loader"])
+        self.rng.load_state_dict(saved.state["rng"])
+        return handoff, saved.stage_index + 1, None
 
     def _rollback(self, rb: Rollback, metrics_path: Path):
         """train.nonfinite = "rollback": reload the newest checkpoint, scale this stage's LR by
@@ -213,50 +274,209 @@ class Trainer:
         loader past the offending batch. The checkpoint brings back the loader position and RNG,
         so without that skip a data-caused NaN would recur at the same step for ever."""
         old, tcfg = self.counters, self.cfg.train
-        n = old.stage_rollbacks + 1 if old.lr_scale_stage == rb.stage else 1
+        n = old.stage_rollbacks + 1 if old.lr_scale_stage == rb.stage_index else 1
         if n > tcfg.max_rollbacks:
             raise GrowlmError(f"training diverged: non-finite loss/gradient at step {rb.step} after {n - 1} "
-                              f"rollbacks in stage {rb.stage + 1} (train.max_rollbacks = {tcfg.max_rollbacks}; "
-                              "lower the LR or check the data)")
+                              f"rollbacks in stage {rb.stage_index + 1} (train.max_rollbacks = "
+                              f"{tcfg.max_rollbacks}; lower the LR or check the data)")
         if self.metrics:
             self.metrics.close()
-        found = ckpt.latest_valid(self.ckpt_root)
+        saved, _ = self.manager.latest()
         self.counters = Counters()
-        restored = self._restore(found, metrics_path)
+        restored = self._restore(saved, metrics_path)
         c = self.counters
         c.rollbacks, c.skipped_steps = old.rollbacks + 1, old.skipped_steps
-        c.stage_rollbacks, c.lr_scale_stage = n, rb.stage
+        c.stage_rollbacks, c.lr_scale_stage = n, rb.stage_index
         c.lr_scale = tcfg.rollback_lr_factor ** n
-        self._skip_to = (rb.stage, rb.position)
+        self._skip_to = (rb.stage_index, rb.position)
         self.metrics = self._open_metrics(metrics_path)
-        back_to = found[1]["global_step"] if found else 0
+        back_to = saved.meta["global_step"] if saved else 0
         if self.metrics:
-            self.metrics.log({"kind": "rollback", "stage": rb.stage, "step": back_to, "bad_step": rb.step,
+            self.metrics.log({"kind": "rollback", "stage": rb.stage_index + 1, "step": back_to, "bad_step": rb.step,
                               "lr_scale": c.lr_scale, "loader_position": rb.position, "rollbacks": c.rollbacks})
-        if self.rank == 0:
-            print(f"warning: {rb} (stage {rb.stage + 1}); rolled back to step {back_to}, LR × {c.lr_scale:g} "
-                  f"for the rest of the stage, skipping the data up to sequence {rb.position}", flush=True)
+        self.warn(f"{rb} (stage {rb.stage_index + 1}); rolled back to step {back_to}, LR × {c.lr_scale:g} "
+                  f"for the rest of the stage, skipping the data up to sequence {rb.position}")
         return restored
 
-    def summary(self) -> dict:
-        c = self.counters
-        return {"out_dir": str(self.out), "steps": c.global_step, "tokens": c.tokens, "flops": c.flops,
-                "flops_seed": c.flops_seed, "val_loss": c.last_val_loss, "skipped_steps": c.skipped_steps,
-                "rollbacks": c.rollbacks, "elapsed_s": c.elapsed, "tokens_per_s": c.tokens / max(c.elapsed, 1e-9)}
+    # ------------------------------------------------------------------ one stage
+    def _stage(self, i: int, handoff, resume: Saved | None):
+        stage = self.stages[i]
+        previous = self.stages[i - 1] if i else None
+        if resume is not None:
+            built = boundary.rebuild_stage(self.cfg, stage, resume.meta["provenance"],
+                                           self.manager.weights(resume), parallel=self.parallel,
+                                           device=self.device)
+            self.manager.restore_stage(built, resume)
+            self.loader.load_state_dict(resume.state["loader"])
+            start = resume.meta["stage_step"]
+        else:
+            built = boundary.enter_stage(self.cfg, stage, handoff, previous, parallel=self.parallel,
+                                         device=self.device)
+            if stage.spec.data == "restart":
+                self.loader.position = 0
+            start = 0
+        built.module = self.parallel.wrap(built.model, built.optimizer)
+        if resume is not None:
+            self.rng.load_state_dict(resume.state["rng"])
+        if self._skip_to is not None and self._skip_to[0] == stage.index:  # past the bad batch
+            self.loader.position = max(self.loader.position, self._skip_to[1])
+            self._skip_to = None
+        self.accounting = boundary.stage_accounting(built, self.cfg)
+        self._train(built, start)
+        return self._leave(built)
 
-    # ------------------------------------------------------------------ helpers used by stages
+    def _train(self, built, start: int) -> None:
+        stage, cfg = built.stage, self.cfg
+        if start == 0:
+            self._stage_event("start", built)
+        for hook in self.hooks:
+            hook.stage_start(self, built, start)
+        every = _eval_every(cfg.run.eval_every, sum(s.steps for s in self.stages))
+        for stage_step in range(start, stage.steps):
+            record = self._step(built, stage_step)
+            last = stage_step + 1 == stage.steps
+            if every and (stage_step + 1) % every == 0 and not last:
+                self.evaluate(built)
+            for hook in self.hooks:
+                hook.step_end(self, built, record, last)
+            if self.stop_requested and not last:
+                self._save(built, stage_step + 1)
+                raise Stopped(self._stop_signal or signal.SIGTERM, self.counters.global_step)
+            if cfg.run.ckpt_every and (stage_step + 1) % cfg.run.ckpt_every == 0 and not last:
+                self._save(built, stage_step + 1)
+        self.evaluate(built)
+        for hook in self.hooks:
+            hook.stage_end(self, built)
+
+    def _step(self, built, stage_step: int) -> dict:
+        t0, c, stage = time.perf_counter(), self.counters, built.stage
+        lr = stage.lr * stage.lr_factor(stage_step) * c.lr_scale_for(stage.index)
+        self.faults.begin_step(c.global_step + 1)
+        batches = [tuple(t.to(self.device, non_blocking=True) for t in
+                         self.loader.next_batch(self.cfg.train.micro_batch_size)) for _ in range(self.accum)]
+        result = train_step(built, batches, lr=lr, grad_clip=self.cfg.optim.grad_clip, dist=self.dist,
+                            autocast=self.autocast, hooks=[self.faults, self.state_bytes])
+        if not result.finite:
+            self._nonfinite(result, stage)
+        else:
+            c.bad_steps = 0
+        if built.relora is not None:
+            built.relora.step(stage_step + 1)
+        dt = time.perf_counter() - t0
+        tokens = self.cfg.train.global_batch_tokens
+        fpt = self.accounting["flops_per_token"]
+        c.global_step += 1
+        c.tokens += tokens
+        c.flops += fpt["exact"] * tokens
+        c.flops_6nd += fpt["6nd"] * tokens
+        c.elapsed += dt
+        tps = tokens / dt
+        peak = peak_flops(self.device)
+        record = {"kind": "step", "stage": stage.number, "stage_name": stage.name, "step": c.global_step,
+                  "stage_step": stage_step + 1, "tokens": c.tokens, "flops": c.flops, "flops_6nd": c.flops_6nd,
+                  "loss": result.loss, "target_tokens": result.target_tokens, "lr": lr,
+                  "grad_norm": result.grad_norm, "tokens_per_s": tps,
+                  "mfu": (fpt["exact"] * tps / peak / self.world) if peak else None,
+                  "time": c.elapsed, "skipped_steps": c.skipped_steps, "rollbacks": c.rollbacks}
+        if self.metrics is not None:
+            self.metrics.log(record)
+        return record
+
+    def _nonfinite(self, result, stage) -> None:
+        c, tcfg = self.counters, self.cfg.train
+        bad_step = c.global_step + 1
+        if tcfg.nonfinite == "stop":
+            raise GrowlmError(f"non-finite loss/gradient (loss {result.loss}, grad norm {result.grad_norm}) at "
+                              f"step {bad_step}; stopped as train.nonfinite = 'stop' (lower the LR or check the data)")
+        if tcfg.nonfinite == "rollback":
+            raise Rollback(stage.index, bad_step, self.loader.position)
+        c.bad_steps += 1
+        c.skipped_steps += 1
+        self.warn(f"non-finite loss/gradient at step {bad_step}; step skipped")
+        if c.bad_steps >= tcfg.max_bad_steps:
+            raise GrowlmError(f"training diverged: {c.bad_steps} consecutive non-finite steps at step "
+                              f"{bad_step} (lower the LR or check the data)")
+
+    def _leave(self, built):
+        """The boundary: hand-off, end record, boundary checkpoint."""
+        nxt = built.stage.index + 1
+        next_stage = self.stages[nxt] if nxt < len(self.stages) else None
+        handoff = boundary.leave_stage(built, next_stage, self.parallel)
+        self._check_finite(handoff, built.stage)
+        # The end record goes first: a resume from the boundary checkpoint keeps it, a resume
+        # from an earlier one drops it (it is logged again), so a kill in between loses nothing.
+        self._stage_event("end", built)
+        states = {"moments": handoff.moments, "loader": self.loader, "rng": self.rng, "counters": self.counters}
+        self.manager.save(step=self.counters.global_step, stage=built.stage, stage_step=built.stage.steps,
+                          counters=self.counters, states=states, weights=handoff.state, built=built,
+                          complete=True)
+        c = self.counters
+        loss = "-" if c.last_val_loss is None else f"{c.last_val_loss:.4f}"
+        self.log(f"stage {built.stage.number} '{built.stage.name}' done: val loss {loss}, "
+                 f"{c.tokens:,} tokens, {c.flops:.3e} FLOPs")
+        return handoff
+
+    def _check_finite(self, handoff, stage) -> None:
+        """A run whose weights or final validation loss are not finite must not end green."""
+        bad = next((k for k, v in handoff.state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        loss = self.counters.last_val_loss
+        if bad is not None or (loss is not None and not math.isfinite(loss)):
+            what = f"weight {bad}" if bad is not None else f"validation loss {loss}"
+            raise GrowlmError(f"training diverged: stage {stage.number} ended with a non-finite {what} "
+                              f"({self.counters.skipped_steps} steps were skipped); lower the LR, use "
+                              "train.nonfinite = 'rollback', or check the data")
+
+    def _save(self, built, stage_step: int) -> None:
+        states = {"loader": self.loader, "rng": self.rng, "counters": self.counters}
+        if built.relora is not None:
+            states["relora"] = built.relora
+        self.manager.save(step=self.counters.global_step, stage=built.stage, stage_step=stage_step,
+                          counters=self.counters, states=states, built=built)
+
+    def _stage_event(self, event: str, built) -> None:
+        if self.metrics is None:
+            return
+        c, stage = self.counters, built.stage
+        self.metrics.log({"kind": "stage", "event": event, "stage": stage.number, "name": stage.name,
+                          "step": c.global_step, "tokens": c.tokens, "flops": c.flops,
+                          "params": self.accounting["params"], "flops_per_token": self.accounting["flops_per_token"],
+                          "memory": self._memory(built), "optimizer_state": built.opt_state,
+                          "steps": stage.steps, "model": stage.model.model_dump()})
+
+    def _memory(self, built) -> dict:
+        """The planner's estimates, model-state bytes counted on the live tensors after the
+        stage's first update, and (where the device can tell) the allocator's peak."""
+        mem = dict(self.accounting["memory"])
+        mem["model_state_bytes"] = self.state_bytes.bytes
+        mem["peak_measured_bytes"], mem["peak_measured_by"] = None, None
+        if self.device.type == "cuda":
+            mem["peak_measured_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
+            mem["peak_measured_by"] = "cuda max_memory_allocated"
+        return mem
+
+    # ------------------------------------------------------------------ evaluation
     def autocast(self):
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def evaluate(self, built) -> None:
+        loss = self.val_loss(built.model)
+        if loss is None:
+            return
+        c = self.counters
+        c.last_val_loss = loss
+        if self.metrics is not None:
+            self.metrics.log({"kind": "eval", "stage": built.stage.number, "step": c.global_step, "tokens": c.tokens,
+                              "flops": c.flops, "flops_6nd": c.flops_6nd, "val_loss": loss})
+
     @torch.no_grad()
     def val_loss(self, model) -> float | None:
+        """Mean token loss over `run.eval_tokens` validation tokens (whole sequences)."""
         if self.val_tokens is None:
             return None
         seq, bs = self.cfg.data.seq_len, self.cfg.train.micro_batch_size
-        n_seq = min(self.cfg.run.eval_tokens // seq, (len(self.val_tokens) - 1) // seq)
-        n_seq = max(n_seq, 1)
+        n_seq = max(1, min(self.cfg.run.eval_tokens // seq, (len(self.val_tokens) - 1) // seq))
         was_training = model.training
         model.eval()
         total, count = 0.0, 0
@@ -265,46 +485,16 @@ class Trainer:
             chunk = torch.stack([torch.from_numpy(self.val_tokens[r * seq: r * seq + seq + 1].astype("int64"))
                                  for r in rows]).to(self.device)
             with self.autocast():
-                logits = model(chunk[:, :-1])
-            total += cross_entropy(logits, chunk[:, 1:]).item() * len(rows)
-            count += len(rows)
+                total += float(token_loss_sum(model, chunk[:, :-1], chunk[:, 1:]))
+            count += int((chunk[:, 1:] != IGNORE_INDEX).sum())
         model.train(was_training)
         return total / count
 
-    def rng_state(self) -> dict:
-        state = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def _restore_rng(self, train_state: dict) -> None:
-        rng = train_state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-
-    def save(self, stage: ResolvedStage, stage_step: int, model, opt, extra: dict, stage_complete: bool,
-             provenance: dict, adapters: dict | None) -> None:
-        sharded = self.dist is not None and self.dist.sharded
-        state = {"optimizer": opt.state_dict() if opt is not None and not sharded else {},
-                 "loader": self.loader.state_dict(), "rng": self.rng_state(),
-                 "counters": self.counters.as_dict(), **extra}
-        meta = {"model": stage.model.model_dump(), "stage": stage.index, "stage_name": stage.name,
-                "global_step": self.counters.global_step, "stage_step": stage_step,
-                "tokens": self.counters.tokens, "flops": self.counters.flops,
-                "stage_complete": stage_complete, "provenance": provenance, "adapters": adapters}
-        if sharded:  # every rank writes its shards (growlm.train.dcp)
-            from growlm.train.dcp import save_sharded
-
-            path = save_sharded(self, model, opt, state, meta)
-        elif self.rank == 0:
-            path = ckpt.save_checkpoint(self.ckpt_root, self.counters.global_step, model.state_dict(), state,
-                                        meta, tokenizer=self.tokenizer_path)
-        if self.rank == 0:
-            ckpt.prune_checkpoints(self.ckpt_root, self.cfg.run.keep_last)
-            self._log(f"checkpoint {path}")
-        if self.dist:
-            self.dist.barrier()
+    def summary(self) -> dict:
+        c = self.counters
+        return {"out_dir": str(self.out), "steps": c.global_step, "tokens": c.tokens, "flops": c.flops,
+                "flops_6nd": c.flops_6nd, "val_loss": c.last_val_loss, "skipped_steps": c.skipped_steps,
+                "rollbacks": c.rollbacks, "elapsed_s": c.elapsed, "tokens_per_s": c.tokens / max(c.elapsed, 1e-9)}
 
     # ------------------------------------------------------------------ signals
     def _install_signals(self):
@@ -329,19 +519,9 @@ class Trainer:
         local = self._stop_signal is not None
         return self.dist.any(local) if self.dist else local
 
-    def plain_state(self, model) -> dict:
-        """The model's whole state as CPU tensors (gathered from the shards under FSDP)."""
-        if self.dist is not None and self.dist.sharded:
-            return self.dist.full_state(model)
-        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
-
-def describe_stage(stage: ResolvedStage, params: dict, fpt: dict, mem: dict, opt_state: str) -> str:
-    return (f"stage {stage.index + 1} '{stage.name}': {stage.model.n_layers} layers × d{stage.model.d_model}, "
-            f"{stage.steps} steps (schedule horizon {stage.schedule_steps}), lr {stage.lr:g} | params "
-            f"trainable {human_count(params['trainable'])}, frozen {human_count(params['frozen'])}, adapter "
-            f"{human_count(params['adapter'])} | FLOPs/token exact {human_count(fpt['exact'])} "
-            f"(seed formula {human_count(fpt['seed'])}) | model-state memory est. "
-            f"{human_bytes(mem['estimated_bytes'])} | optimizer state {opt_state}")
-
-
+def _eval_every(setting, total_steps: int) -> int:
+    """run.eval_every in steps; "auto" gives about 20 validation points over the whole run."""
+    if setting == "auto":
+        return max(1, math.ceil(total_steps / 20))
+    return int(setting)

@@ -1,0 +1,312 @@
+"""The stage boundary: entering a stage from the previous one's hand-off, and leaving it.
+
+    handoff = None                                     # before the first stage
+    for stage in stages:
+        built = enter_stage(cfg, stage, handoff, ...)  # grow → load → freeze → adapters → optimizer
+        ...train built.model with built.optimizer...
+        handoff = leave_stage(built, next_stage, ...)  # merge adapters → plain weights + moments
+
+`HandOff` is all that crosses a boundary; the boundary checkpoint is a HandOff on disk. The
+first stage starts from nothing (fresh weights) or from its `init` source.
+
+The same code runs on the meta device, where it allocates nothing and takes no time:
+`check_recipe` builds every stage of a recipe that way before the first step (shapes, growth,
+freeze selection, adapter ranks and targets, optimizer and state mapping, something left to
+train), and the planner accounts from those builds (`stage_accounting`), so planner and
+trainer never hold two copies of the boundary rule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from growlm.errors import GrowlmError
+from growlm.grow import provenance as prov
+from growlm.model.config import ModelConfig
+from growlm.model.llama import Transformer
+
+META = torch.device("meta")
+
+
+@dataclass
+class HandOff:
+    """What a finished stage passes on: its shape, its plain weights (adapters merged, CPU),
+    the optimizer state by parameter name (only when the next stage maps it) and the kind of
+    optimizer that made that state."""
+
+    model: ModelConfig
+    state: dict[str, torch.Tensor]
+    moments: dict[str, dict] = field(default_factory=dict)
+    optimizer: str = "adamw"
+
+
+@dataclass
+class BuiltStage:
+    """A stage ready to train: its model (sharded/placed), optimizer and ReLoRA controller."""
+
+    stage: object  # growlm.stages.ResolvedStage
+    model: nn.Module
+    provenance: dict
+    frozen: set[str]
+    adapters: list[str]  # module names of the linears that carry a LoRA adapter
+    optimizer: torch.optim.Optimizer
+    relora: object | None = None
+    opt_state: str = "reset"  # "reset", "mapped (N tensors)" or "restored"
+    module: nn.Module | None = None  # what the train step calls (DDP / compiled wrapper)
+
+    @property
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def adapter_info(self) -> dict | None:
+        if not self.adapters:
+            return None
+        from growlm.adapters.lora import adapter_scale
+
+        a = self.stage.spec.adapters
+        return {"scale": adapter_scale(a), "rank": a.rank, "kind": a.kind}
+
+
+def stage_seed(run_seed: int, stage_index: int) -> int:
+    """The seed of a stage's fresh weights and adapter initialisation (its own generator, so a
+    rebuilt stage draws the same values and the global RNG is left alone)."""
+    return run_seed * 1009 + stage_index
+
+
+@contextlib.contextmanager
+def at(where: str):
+    """Prefix GrowlmErrors raised inside with `where` (e.g. "recipe.toml: stage.3")."""
+    try:
+        yield
+    except GrowlmError as e:
+        text = str(e)
+        raise GrowlmError(text if text.startswith(where) else f"{where}.{text}") from None
+
+
+def new_model(cfg: ModelConfig, seed: int | None, device: torch.device | str = "cpu") -> Transformer:
+    """A model of shape `cfg`: freshly initialised from its own generator seeded `seed`, or on
+    the meta device (shapes only, nothing allocated) when `device` is meta."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    if torch.device(device).type == "meta":
+        return model
+    model.to_empty(device="cpu")
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    model.init_weights(generator=torch.Generator().manual_seed(seed))
+    return model.to(device)
+
+
+def _initial_weights(cfg, stage, handoff: HandOff | None, model: Transformer, meta: bool):
+    """(weights, provenance) the stage starts from: fresh, the init source, or grown from the
+    previous stage (growlm.grow: a pure function of the old state and the fresh one)."""
+    spec, where = stage.spec, f"{cfg.source}: {stage.where}"
+    fresh = model.state_dict()
+    if handoff is None and spec.init is not None:
+        with at(f"{where}"):
+            if meta:
+                from growlm.init_source import init_config
+
+                src_cfg = init_config(spec.init, "init")
+                src = new_model(src_cfg, None, META).state_dict()
+            else:
+                from growlm.init_source import load_init
+
+                src_cfg, src = load_init(spec.init, "init")
+        if spec.grow is None:
+            return src, {n: prov.copied(n) for n in fresh}
+        handoff = HandOff(src_cfg.with_(**_settings(stage.model, src_cfg)), src)
+    if handoff is None:
+        return fresh, {n: prov.new() for n in fresh}
+    if spec.grow is None:
+        return handoff.state, {n: prov.copied(n) for n in fresh}
+    from growlm.grow import grow
+
+    with at(where):
+        return grow(handoff.state, handoff.model, stage.model, spec.grow, fresh=fresh)
+
+
+def _settings(model: ModelConfig, src: ModelConfig) -> dict:
+    """The run's non-shape settings (config-time inheritance already merged the source's)."""
+    from growlm.model.config import SHAPE_FIELDS
+
+    return {k: v for k, v in model.model_dump().items()
+            if k not in SHAPE_FIELDS and k != "vocab_size" and getattr(src, k) != v}
+
+
+def _freeze_and_adapt(cfg, stage, model: nn.Module, provenance: dict, seed: int, meta: bool):
+    from growlm.freeze import apply_freeze, check_trainable, select_frozen
+
+    spec, where = stage.spec, f"{cfg.source}: {stage.where}"
+    names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+    frozen = select_frozen(names, spec.freeze, provenance, where=f"{where}.freeze") if spec.freeze else set()
+    apply_freeze(model, frozen, where=f"{where}.freeze")
+    adapters: list[str] = []
+    if spec.adapters is not None:
+        from growlm.adapters.lora import adapter_scale, apply_adapters
+
+        with at(where):
+            adapter_scale(spec.adapters)
+            gen = None if meta else torch.Generator().manual_seed(seed)
+            adapters = apply_adapters(model, spec.adapters, frozen, generator=gen)
+    check_trainable(model, where)
+    return frozen, adapters
+
+
+def _build(cfg, stage, model: Transformer, provenance: dict, parallel, device,
+           weights: dict | None = None) -> BuiltStage:
+    """Freeze, adapters, placement and the optimizer around a model holding its weights
+    (`weights`, when given, are loaded after the adapters exist and before sharding)."""
+    from growlm.optim.build import build_optimizer
+
+    meta = torch.device(device).type == "meta"
+    seed = stage_seed(cfg.run.seed, stage.index)
+    frozen, adapters = _freeze_and_adapt(cfg, stage, model, provenance, seed, meta)
+    if weights is not None:
+        _load(model, weights, f"{cfg.source}: {stage.where}")
+    if parallel is not None:
+        model = parallel.shard(model)
+    model.train()
+    with at(f"{cfg.source}: {stage.where}.optimizer"):
+        opt = build_optimizer(model, cfg.optim, stage.optimizer, stage.lr, device)
+    relora = None
+    if stage.spec.adapters is not None and stage.spec.adapters.kind == "relora":
+        from growlm.adapters.relora import ReLoRA
+
+        cls = parallel.relora_class() if parallel is not None else ReLoRA
+        relora = cls(model, opt, stage.spec.adapters, stage_steps=stage.steps, seed=seed)
+    return BuiltStage(stage, model, provenance, frozen, adapters, opt, relora)
+
+
+def enter_stage(cfg, stage, handoff: HandOff | None, previous=None, *, parallel=None,
+                device: torch.device | str = "cpu") -> BuiltStage:
+    """Build `stage` from the previous stage's hand-off (None: from fresh weights or the
+    stage's init source): grow → load → freeze → adapters → optimizer, with the optimizer state
+    reset or mapped from `handoff.moments`. `previous` is the previous ResolvedStage (for the
+    optimizer-state check). On the meta device nothing is allocated or loaded.
+
+    Raises GrowlmError naming the recipe key at fault, e.g. "recipe.toml: stage.3.adapters.rank".
+    """
+    meta = torch.device(device).type == "meta"
+    seed = stage_seed(cfg.run.seed, stage.index)
+    model = new_model(stage.model, seed, META if meta else "cpu")
+    state, provenance = _initial_weights(cfg, stage, handoff, model, meta)
+    if not meta:
+        _load(model, state, f"{cfg.source}: {stage.where}")
+    if stage.spec.optimizer_state == "map":
+        from growlm.optim.build import check_mappable
+
+        with at(f"{cfg.source}: {stage.where}"):
+            if previous is None:
+                raise GrowlmError("optimizer_state: 'map' needs a previous stage whose optimizer "
+                                  "state to carry; the first stage has none (use \"reset\")")
+            check_mappable(previous.optimizer, stage.optimizer)
+    built = _build(cfg, stage, model, provenance, parallel, device)
+    if stage.spec.optimizer_state == "map" and handoff is not None and handoff.moments:
+        from growlm.optim.build import map_moments
+
+        n = map_moments(built.optimizer, built.model, handoff.moments, provenance)
+        built.opt_state = f"mapped ({n} tensors)"
+    return built
+
+
+def rebuild_stage(cfg, stage, provenance: dict, weights: dict | None = None, *, parallel=None,
+                  device: torch.device | str = "cpu") -> BuiltStage:
+    """The structure of `stage` as a checkpoint of it was saved (same frozen set and adapters,
+    from its recorded provenance), holding `weights` (adapters included). Without weights (a
+    sharded checkpoint, loaded after sharding) the caller loads them; it always loads the
+    optimizer state (growlm.train.manager.CheckpointManager.restore_stage)."""
+    seed = stage_seed(cfg.run.seed, stage.index)
+    model = new_model(stage.model, seed, device if torch.device(device).type == "meta" else "cpu")
+    return _build(cfg, stage, model, provenance, parallel, device, weights)
+
+
+def _load(model: nn.Module, state: dict, where: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise GrowlmError(f"{where}: the starting weights do not fit the stage's model ({first})") from None
+
+
+def leave_stage(built: BuiltStage, next_stage, parallel=None) -> HandOff:
+    """Merge adapters into their weights and hand the plain state on; keep the optimizer state
+    by parameter name when `next_stage` maps it (optimizer_state = "map")."""
+    from growlm.optim.build import named_moments
+
+    if parallel is not None:  # FSDP: an eval's forward left the root gathered
+        parallel.reshard(built.model)
+    if built.adapters:
+        from growlm.adapters.lora import unwrap_adapters
+
+        unwrap_adapters(built.model)
+    maps = next_stage is not None and next_stage.spec.optimizer_state == "map"
+    moments = named_moments(built.optimizer, built.model) if maps else {}
+    if parallel is not None:
+        state = parallel.plain_state(built.model)
+        if parallel.sharded:
+            moments = parallel.dist.full_tree(moments)
+    else:
+        state = {k: v.detach().to("cpu", copy=True) for k, v in built.model.state_dict().items()}
+    return HandOff(built.stage.model, state, moments, built.stage.optimizer)
+
+
+# ---------------------------------------------------------------- the whole recipe, on meta
+
+def check_recipe(cfg, stages=None) -> list[BuiltStage]:
+    """Build every stage of `cfg` on the meta device, in order, through the same boundary the
+    trainer uses; the first problem is a GrowlmError naming the stage and key."""
+    from growlm.stages import resolve_stages
+
+    stages = stages or resolve_stages(cfg, cfg.source)
+    built, handoff, previous = [], None, None
+    for stage in stages:
+        b = enter_stage(cfg, stage, handoff, previous, device=META)
+        built.append(b)
+        handoff = HandOff(stage.model, new_model(stage.model, None, META).state_dict(),
+                          optimizer=stage.optimizer)
+        previous = stage
+    return built
+
+
+def adapter_params_by_linear(model: nn.Module) -> dict[str, int]:
+    """Adapter parameters per adapted linear (module name → r·(in + out))."""
+    from growlm.adapters.lora import adapter_modules
+
+    return {name: m.lora_A.numel() + m.lora_B.numel() for name, m in adapter_modules(model).items()}
+
+
+def stage_accounting(built: BuiltStage, cfg) -> dict:
+    """Parameters, FLOPs per token and estimated memory of a built stage, as the trainer logs
+    them and the planner prints them (growlm.plan.flops, growlm.plan.memory)."""
+    from growlm.plan.flops import count_flops
+    from growlm.plan.memory import activation_bytes, galore_groups_saving, model_state_bytes
+
+    adapters = adapter_params_by_linear(built.model)
+    seen, trainable, frozen = set(), 0, 0
+    for name, p in built.model.named_parameters():
+        if id(p) in seen or ".lora_" in name:
+            continue
+        seen.add(id(p))
+        if p.requires_grad:
+            trainable += p.numel()
+        else:
+            frozen += p.numel()
+    n_adapter = sum(adapters.values())
+    stage, seq_len = built.stage, cfg.data.seq_len
+    fc = count_flops(stage.model, built.frozen, adapters, seq_len)
+    state = model_state_bytes(trainable, frozen, n_adapter) - galore_groups_saving(built.optimizer.param_groups)
+    act = activation_bytes(stage.model, cfg.train.micro_batch_size, seq_len, built.frozen, adapters,
+                           checkpointing=cfg.run.activation_checkpointing)
+    return {
+        "params": {"trainable": trainable, "frozen": frozen, "adapter": n_adapter,
+                   "total": trainable + frozen + n_adapter},
+        "flops_per_token": {"6nd": int(fc.six_nd), "exact": int(fc.exact_total),
+                            "attention": int(fc.attention)},
+        "memory": {"model_state_estimated_bytes": int(state), "activation_estimated_bytes": int(act),
+                   "peak_estimated_bytes": int(state + act)},
+    }

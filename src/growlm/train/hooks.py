@@ -1,0 +1,146 @@
+"""Hooks around the train step: progress and log lines, fault injection, scheduled benchmarks.
+
+A hook implements any of
+
+    stage_start(trainer, built, start_step)     a stage begins (or resumes)
+    pre_backward(loss, micro) -> loss           a micro-batch's loss, before its backward
+    post_backward(built)                        every micro-batch's backward is done
+    post_update(built)                          the optimizer stepped; gradients still alive
+    step_end(trainer, built, record, last)      the step's metrics record was written
+    stage_end(trainer, built)                   the stage's steps are done, before the boundary
+
+so the step itself (growlm.train.step) and the stage loop stay short. Benchmarks scored during
+training (`[eval]`) are a hook made by the command layer from growlm.eval, which the trainer
+does not import.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from growlm.faults import fault
+from growlm.units import human_bytes, human_count
+
+
+class Hook:
+    def stage_start(self, trainer, built, start_step: int) -> None:
+        pass
+
+    def pre_backward(self, loss: torch.Tensor, micro: int) -> torch.Tensor:
+        return loss
+
+    def post_backward(self, built) -> None:
+        pass
+
+    def post_update(self, built) -> None:
+        pass
+
+    def step_end(self, trainer, built, record: dict, last: bool) -> None:
+        pass
+
+    def stage_end(self, trainer, built) -> None:
+        pass
+
+
+class ModelStateBytes(Hook):
+    """Bytes of the live weights, gradients and optimizer state, counted once per stage right
+    after its first update (when all three exist): the quantity the planner's model-state
+    estimate describes, measured on the tensors."""
+
+    def __init__(self):
+        self.bytes: int | None = None
+
+    def stage_start(self, trainer, built, start_step) -> None:
+        self.bytes = None
+
+    def post_update(self, built) -> None:
+        if self.bytes is None:
+            from growlm.plan.memory import tensor_bytes
+
+            params = {id(p): p for p in built.model.parameters()}.values()
+            grads = [p.grad for p in params if p.grad is not None]
+            states = [v for s in built.optimizer.state.values() for v in s.values()]
+            self.bytes = tensor_bytes(params) + tensor_bytes(grads) + tensor_bytes(states)
+
+
+class FaultInjection(Hook):
+    """Test hooks. GROWLM_FAULT_NAN="5,9:inf,12:grad" makes the loss NaN (or inf), or one
+    gradient NaN ("grad"), at those global steps (1-based); each listed step is poisoned only the
+    first time it is reached, so a rollback that replays it trains on. GROWLM_FAULT=train_step
+    (growlm.faults) ends the process after the backward, before the optimizer step."""
+
+    def __init__(self):
+        self.done: set[int] = set()
+        self.step = 0
+        self.kind: str | None = None
+
+    def begin_step(self, global_step: int) -> None:
+        self.step, self.kind = global_step, None
+        spec = os.environ.get("GROWLM_FAULT_NAN")
+        if not spec or global_step in self.done:
+            return
+        for item in spec.split(","):
+            step, _, kind = item.strip().partition(":")
+            if step.isdigit() and int(step) == global_step:
+                self.done.add(global_step)
+                self.kind = kind or "nan"
+
+    def pre_backward(self, loss, micro):
+        if self.kind in ("nan", "inf") and micro == 0:
+            return loss * float(self.kind)
+        return loss
+
+    def post_backward(self, built) -> None:
+        if self.kind == "grad":
+            next(p for p in built.trainable if p.grad is not None).grad.view(-1)[0] = math.nan
+        fault("train_step")
+
+
+def describe_stage(stage, acct: dict, opt_state: str) -> str:
+    """The line printed when a stage starts."""
+    m, p, f = stage.model, acct["params"], acct["flops_per_token"]
+    layers = f"{m.n_layers} layer{'s' if m.n_layers != 1 else ''}"
+    return (f"stage {stage.number} '{stage.name}': {layers} × d{m.d_model}, {stage.steps} steps "
+            f"(schedule horizon {stage.schedule_steps}), lr {stage.lr:g} | params trainable "
+            f"{human_count(p['trainable'])}, frozen {human_count(p['frozen'])}, adapter "
+            f"{human_count(p['adapter'])} | FLOPs/token exact {human_count(f['exact'])} (6·N·D formula "
+            f"{human_count(f['6nd'])}) | est. peak memory {human_bytes(acct['memory']['peak_estimated_bytes'])} "
+            f"(model state {human_bytes(acct['memory']['model_state_estimated_bytes'])}) | optimizer "
+            f"state {opt_state}")
+
+
+class Progress(Hook):
+    """A bar (terminal) or plain lines (log), plus a line every `run.log_every` steps that
+    stays on screen: step, loss, LR, grad norm, tokens/s."""
+
+    def __init__(self, log_every: int):
+        self.log_every = log_every
+        self.bar = None
+
+    def stage_start(self, trainer, built, start_step):
+        from growlm.progress import progress
+
+        stage = built.stage
+        if start_step == 0:
+            trainer.log(describe_stage(stage, trainer.accounting, built.opt_state))
+        # in a log file the log_every lines are the progress; a terminal also gets a bar
+        self.bar = progress(stage.steps, stage.name, enabled=trainer.verbose, initial=start_step,
+                            unit="step", every=0)
+
+    def step_end(self, trainer, built, record, last):
+        if self.bar is None:
+            return
+        self.bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
+        self.bar.update(1)
+        if record["stage_step"] % self.log_every == 0 or last:
+            trainer.log(f"{built.stage.name} step {record['stage_step']}/{built.stage.steps} "
+                        f"(global {record['step']}) loss {record['loss']:.4f} lr {record['lr']:.3g} "
+                        f"grad norm {record['grad_norm']:.3g} {record['tokens_per_s']:,.0f} tok/s")
+
+    def stage_end(self, trainer, built):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
