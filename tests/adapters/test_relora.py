@@ -61,7 +61,7 @@ def test_relora_baseline_on_all():
     model = Transformer(CFG)
     spec = AdapterSpec(rank=4, on="all", reset_every=10, rewarmup_steps=2)
     apply_adapters(model, spec, generator=torch.Generator().manual_seed(0))
-    ctl = ReLoRA(model, None, spec, stage_steps=20)
+    ReLoRA(model, None, spec, stage_steps=20)  # ReLoRA over adapters on every linear
     # ReLoRA freezes the wrapped linears; embeddings, norms and head keep training
     linear_weights = {f"layers.{i}.{lin}.weight" for i in range(2) for lin in LINEARS}
     for n, p in model.named_parameters():
