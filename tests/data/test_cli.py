@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from growlm.cli import main
 
 
@@ -82,3 +84,22 @@ def test_json_output_to_stdout_or_file(tmp_path, corpus, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is True and report["splits"]["train"] == printed["splits"]["train"]["tokens"]
     assert report["files_hashed"] == 2
+
+
+def test_hub_flags_read_a_hub_dataset_and_need_hub(tmp_path, monkeypatch, make_docs, capsys):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def fake_load(name, config=None, split=None, streaming=False):
+        calls.append((name, config, split, streaming))
+        return iter([{"text": d} for d in make_docs(40)])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    assert main(["data", "prepare", str(tmp_path / "out"), "--hub", "org/corpus", "--hub-config",
+                 "small", "--streaming", "--train-tokenizer", "300", "--val-fraction", "0.1",
+                 "--quiet"]) == 0
+    assert calls[-1] == ("org/corpus", "small", "train", True)
+    capsys.readouterr()
+    code = main(["data", "prepare", str(tmp_path / "o2"), str(tmp_path / "x.txt"), "--hub-split",
+                 "test", "--train-tokenizer", "300"])
+    assert code == 2 and "apply to a --hub dataset" in capsys.readouterr().err

@@ -17,11 +17,11 @@ _PREPARE_EPILOG = """\
 inputs: .txt/.md/.rst(.gz) files (one document per file; see --txt-docs), .jsonl(.gz) and
 .parquet files (one document per row, field --text-field), folders (searched recursively),
 globs ("data/*.jsonl.gz"), builtin:python[:SIZE] (the Python standard library, offline), and
-an HF dataset with --hf NAME. Counts take K, M, B, T (powers of 10) or Ki, Mi, Gi (of 2).
+a dataset on the HF hub with --hub NAME. Counts take K, M, B, T (powers of 10) or Ki, Mi, Gi (of 2).
 Examples:
   growlm data prepare shards/demo builtin:python --train-tokenizer 4096
   growlm data prepare shards/wiki train.jsonl.gz --val validation.jsonl.gz --tokenizer gpt2
-  growlm data prepare shards/fw --hf HuggingFaceFW/fineweb-edu --hf-config sample-10BT \\
+  growlm data prepare shards/fw --hub HuggingFaceFW/fineweb-edu --hub-config sample-10BT \\
       --tokenizer gpt2 --max-tokens 1B
 Ctrl-C (exit 130) or SIGTERM (exit 143) stop it without leaving a partial folder; the same
 command starts again from the beginning.
@@ -59,10 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="tokenizer threads, 0 to 1024 (default and 0: all cores)")
     p.add_argument("--tokenizer-sample", metavar="CHARS", default="200M",
                    help="characters of text used to train the tokenizer (default 200M)")
-    p.add_argument("--hf", metavar="NAME", help="HF hub dataset to read (needs datasets + network)")
-    p.add_argument("--hf-config", metavar="C", help="HF dataset configuration")
-    p.add_argument("--hf-split", metavar="S", default="train", help="HF split (default: train)")
-    p.add_argument("--streaming", action="store_true", help="stream the HF dataset")
+    p.add_argument("--hub", metavar="NAME",
+                   help="dataset on the HF hub to read (needs datasets + network)")
+    p.add_argument("--hub-config", metavar="C", help="hub dataset configuration")
+    p.add_argument("--hub-split", metavar="S", help="hub split (default: train)")
+    p.add_argument("--streaming", action="store_true", help="stream the hub dataset")
     p.add_argument("--overwrite", action="store_true",
                    help="replace shards in OUT_DIR that were prepared from other inputs/options")
     p.add_argument("--quiet", action="store_true",
@@ -143,10 +144,14 @@ def _prepare(args) -> int:
     from growlm.data.sources import HFDataset
 
     inputs: list = list(args.inputs)
-    if args.hf:
-        inputs.append(HFDataset(args.hf, args.hf_config, args.hf_split, args.streaming))
+    if args.hub:
+        inputs.append(HFDataset(args.hub, args.hub_config, args.hub_split or "train",
+                                args.streaming))
+    elif args.hub_config or args.hub_split or args.streaming:  # honoured or refused
+        raise GrowlmError("--hub-config, --hub-split and --streaming apply to a --hub dataset; "
+                          "give --hub NAME")
     if not inputs:
-        raise GrowlmError("no inputs given: name files, folders, globs, builtin:python, or --hf")
+        raise GrowlmError("no inputs given: name files, folders, globs, builtin:python, or --hub NAME")
     counts = {name: _count(getattr(args, name), flag) for name, flag in (
         ("train_tokenizer", "--train-tokenizer"), ("max_tokens", "--max-tokens"),
         ("shard_tokens", "--shard-tokens"), ("tokenizer_sample", "--tokenizer-sample"))}

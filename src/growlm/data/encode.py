@@ -27,15 +27,13 @@ How this module keeps the promise, for any `tokenizers` pipeline:
 
 from __future__ import annotations
 
-import re
+import bisect
 from collections.abc import Sequence
 
 import numpy as np
 
 PIECE_CHARS = 2**20
 CONTEXT_CHARS = 256
-# The position of a space with a non-space character on each side.
-_BOUNDARY = re.compile(r"(?<=\S) (?=\S)")
 
 
 class DocumentEncoder:
@@ -100,55 +98,75 @@ class _Window:
 
 def _plan(text: str, piece_chars: int, context_chars: int) -> list[_Window]:
     """Cuts near every `piece_chars` characters at boundaries, and each piece's window."""
-    bounds = np.fromiter((m.start() for m in _BOUNDARY.finditer(text)), dtype=np.int64)
     n = len(text)
     cuts, start = [0], 0
     while n - start > piece_chars:
-        lo = np.searchsorted(bounds, start + piece_chars // 2, side="right")
-        hi = np.searchsorted(bounds, start + piece_chars, side="right")
-        if hi > lo:  # the last boundary in the second half of the piece
-            cut = int(bounds[hi - 1])
-        elif hi < len(bounds):  # none there: the first one after it (a longer piece)
-            cut = int(bounds[hi])
-        else:
+        # The last boundary in the second half of the piece, else the first one after it.
+        cut = _before(text, start + piece_chars, start + piece_chars // 2)
+        if cut is None:
+            cut = _after(text, start + piece_chars + 1)
+        if cut is None:
             break
         cuts.append(cut)
         start = cut
     cuts.append(n)
-
-    def before(pos: int) -> int:  # the last boundary ≤ pos, or the document start
-        k = np.searchsorted(bounds, pos, side="right")
-        return int(bounds[k - 1]) if pos > 0 and k > 0 else 0
-
-    def after(pos: int) -> int:  # the first boundary ≥ pos, or the document end
-        k = np.searchsorted(bounds, pos, side="left")
-        return int(bounds[k]) if pos < n and k < len(bounds) else n
-
     windows = []
     for start, end in zip(cuts[:-1], cuts[1:]):
-        lo = before(start - context_chars) if start > 0 else 0
-        hi = after(end + context_chars) if end < n else n
+        lo = (_before(text, start - context_chars, 0) or 0) if start > 0 else 0
+        hi = (_after(text, end + context_chars) or n) if end < n else n
         # The first and last pre-token of a window carry the start/end-of-input effects.
-        trust_lo = after(lo + 1) if lo > 0 else 0
-        trust_hi = before(hi - 1) if hi < n else n
+        trust_lo = _after(text, lo + 1) if lo > 0 else 0
+        trust_hi = _before(text, hi - 1, lo) if hi < n else n
         windows.append(_Window(lo, hi, start, end, trust_lo, trust_hi))
     return windows
 
 
+def _is_boundary(text: str, i: int) -> bool:
+    """A space with a non-space character on each side."""
+    return 0 < i < len(text) - 1 and not text[i - 1].isspace() and not text[i + 1].isspace()
+
+
+def _before(text: str, pos: int, floor: int) -> int | None:
+    """The last boundary in (floor, pos], or None."""
+    i = text.rfind(" ", floor + 1, pos + 1) if pos > floor else -1
+    while i > floor and not _is_boundary(text, i):
+        i = text.rfind(" ", floor + 1, i)
+    return i if i > floor else None
+
+
+def _after(text: str, pos: int) -> int | None:
+    """The first boundary at or after pos, or None."""
+    i = text.find(" ", max(pos, 0))
+    while i >= 0 and not _is_boundary(text, i):
+        i = text.find(" ", i + 1)
+    return i if i >= 0 else None
+
+
 class _Encoded:
-    """A window's ids with their character offsets in document coordinates."""
+    """A window's ids, with its tokens' character offsets read only where they are needed:
+    pulling every offset into Python would cost more than the encoding on many cores."""
 
     def __init__(self, window: _Window, enc):
-        self.window = window
+        self.window, self.enc = window, enc
         self.ids = np.asarray(enc.ids, dtype=np.int64)
-        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2) + window.lo
-        self.starts, self.ends = offsets[:, 0], offsets[:, 1]
+
+    def _span(self, i: int) -> tuple[int, int]:
+        start, end = self.enc.token_to_chars(i)
+        return start + self.window.lo, end + self.window.lo
+
+    def _index(self, pos: int) -> int:
+        """How many tokens start before `pos` (token starts never decrease)."""
+        return bisect.bisect_left(range(len(self.ids)), pos, key=lambda i: self._span(i)[0])
 
     def straddles(self, pos: int) -> bool:
-        return bool(np.any((self.starts < pos) & (self.ends > pos)))
+        """A token starts before `pos` and ends after it. Only the last few tokens before
+        `pos` can: tokens overlap only where one character is split into byte tokens."""
+        first = self._index(pos)
+        return any(self._span(i)[1] > pos for i in range(max(0, first - 8), first))
 
     def between(self, a: int, b: int) -> np.ndarray:
-        return self.ids[(self.starts >= a) & (self.starts < b)]
+        """Ids of the tokens that start in [a, b)."""
+        return self.ids[self._index(a):self._index(b)]
 
 
 def _assemble(parts: list[_Encoded]) -> np.ndarray | None:
