@@ -112,26 +112,24 @@ CASES = [
     Case("damaged-gzip-stream", lambda t, k: _prepare(
         t, _gz(t / "b.jsonl.gz", '{"text": "some words"}\n' * 2000, flip=12)),
         r"cannot read .*b\.jsonl\.gz \(after line 0\): Error -3 while decompressing"),
-    Case("not-gzip", lambda t, k: _prepare(t, t / "x.jsonl.gz") if (t / "x.jsonl.gz").write_bytes(
-        b"plain") else None, r"cannot read .*x\.jsonl\.gz"),
+    Case("not-gzip", lambda t, k: _prepare(t, _file(t / "x.jsonl.gz", b"plain")),
+         r"cannot read .*x\.jsonl\.gz"),
     Case("parquet-without-field", lambda t, k: _prepare(t, _parquet(t / "p.parquet", body=["a"])),
          r"p\.parquet: no 'text' column \(columns: body\)"),
     Case("parquet-with-numbers", lambda t, k: _prepare(t, _parquet(t / "p.parquet", text=[1, 2])),
          r"column 'text' holds int, not text"),
-    Case("damaged-parquet", lambda t, k: _prepare(t, t / "d.parquet") if (
-        t / "d.parquet").write_bytes(b"PAR1 not really") else None,
-        r"cannot read parquet file .*d\.parquet"),
-    Case("jsonl-array-row", lambda t, k: _prepare(t, t / "a.jsonl") if (t / "a.jsonl").write_text(
-        '{"text": "ok"}\n[1, 2]\n') else None, r"a\.jsonl line 2: expected a JSON object"),
-    Case("jsonl-number-text", lambda t, k: _prepare(t, t / "a.jsonl") if (t / "a.jsonl").write_text(
-        '{"text": 5}\n') else None, r"a\.jsonl line 1: field 'text' is int, not text"),
-    Case("jsonl-missing-field", lambda t, k: _prepare(t, t / "a.jsonl") if (
-        t / "a.jsonl").write_text('{"body": "x"}\n') else None,
-        r"a\.jsonl line 1: no 'text' field \(fields: body\)"),
-    Case("jsonl-not-utf8", lambda t, k: _prepare(t, t / "a.jsonl") if (t / "a.jsonl").write_bytes(
-        b'{"text": "caf\xe9"}\n') else None, r"cannot read .*a\.jsonl .*utf-8"),
-    Case("unsupported-suffix", lambda t, k: _prepare(t, t / "a.csv") if (t / "a.csv").write_text(
-        "x") else None, r"unsupported input file"),
+    Case("damaged-parquet", lambda t, k: _prepare(t, _file(t / "d.parquet", b"PAR1 not really")),
+         r"cannot read parquet file .*d\.parquet"),
+    Case("jsonl-array-row", lambda t, k: _prepare(t, _file(t / "a.jsonl", b'{"text": "ok"}\n[1]\n')),
+         r"a\.jsonl line 2: expected a JSON object"),
+    Case("jsonl-number-text", lambda t, k: _prepare(t, _file(t / "a.jsonl", b'{"text": 5}\n')),
+         r"a\.jsonl line 1: field 'text' is int, not text"),
+    Case("jsonl-missing-field", lambda t, k: _prepare(t, _file(t / "a.jsonl", b'{"body": "x"}\n')),
+         r"a\.jsonl line 1: no 'text' field \(fields: body\)"),
+    Case("jsonl-not-utf8", lambda t, k: _prepare(t, _file(t / "a.jsonl", b'{"text": "caf\xe9"}\n')),
+         r"cannot read .*a\.jsonl .*utf-8"),
+    Case("unsupported-suffix", lambda t, k: _prepare(t, _file(t / "a.csv", b"x")),
+         r"unsupported input file"),
     Case("glob-matches-nothing", lambda t, k: _prepare(t, t / "*.jsonl"), r"matches no files"),
     Case("unknown-builtin", lambda t, k: _prepare(t, "builtin:perl"), r"unknown built-in corpus"),
     Case("nul-in-input-path", lambda t, k: _prepare(t, "a\x00b.txt"),
@@ -181,6 +179,11 @@ CASES = [
                                                  str(_touch(t / "f") / "x.json")],
          r"--json: .*f/x\.json lies under .*f, which is a file"),
 ]
+
+
+def _file(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
 
 
 def _touch(path: Path, text: str = "x") -> Path:
