@@ -255,7 +255,7 @@ def _export_pickle_file(c: Ctx, t: Path) -> list[str]:
 
 
 def _prepare(t: Path, *inputs: str) -> list[str]:
-    return ["data", "prepare", str(t / "out"), *inputs, "--train-tokenizer", "300", "--no-progress",
+    return ["data", "prepare", str(t / "out"), *inputs, "--train-tokenizer", "300", "--quiet",
             "--val-fraction", "0.2"]
 
 

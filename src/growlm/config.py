@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from growlm.errors import GrowlmError
 from growlm.grow.checks import GROW_OPS
@@ -110,10 +111,43 @@ class EvalSection(_Strict):
     source: Literal["local", "hub"] = "local"  # zero-shot tasks: local files or hub datasets
 
 
+class TrainSource(_Strict):
+    """One prepared shard folder of a weighted training mix."""
+
+    path: str = Field(min_length=1)
+    weight: float = Field(gt=0, allow_inf_nan=False)
+
+
 class DataSection(_Strict):
-    train: str
+    # One shard folder, or a weighted mix: [{path = "a", weight = 0.9}, {path = "b", weight = 0.1}]
+    train: str | list[TrainSource]
     val: str | None = None
     seq_len: int = Field(1024, gt=0)
+
+    @field_validator("train", mode="wrap")
+    @classmethod
+    def _train(cls, v: Any, handler) -> Any:
+        """Errors name the entry as users count it: data.train.2.weight is the second one."""
+        if isinstance(v, str):
+            return handler(v)
+        if not isinstance(v, list) or not v:
+            raise ValueError("give a shard folder, or a non-empty list of {path, weight} tables")
+        sources, errors = [], []
+        for i, item in enumerate(v, 1):
+            try:
+                sources.append(TrainSource.model_validate(item))
+            except ValidationError as e:
+                errors += [{"type": d["type"], "loc": (str(i), *d["loc"]), "input": d["input"],
+                            **({"ctx": d["ctx"]} if "ctx" in d else {})} for d in e.errors()]
+        paths = [s.path for s in sources] if not errors else []
+        for i, path in enumerate(paths, 1):
+            if paths.index(path) + 1 != i:
+                message = f"the folder of data.train.{paths.index(path) + 1} again; list each source once"
+                errors.append({"type": PydanticCustomError("duplicate_source", message),
+                               "loc": (str(i), "path"), "input": path})
+        if errors:
+            raise ValidationError.from_exception_data("TrainSource", errors)
+        return sources
 
 
 class ScheduleSection(_Strict):

@@ -1,5 +1,4 @@
 import gzip
-import importlib
 import json
 
 import numpy as np
@@ -215,21 +214,34 @@ def test_separate_validation_inputs(tmp_path, corpus, make_docs):
         "held out text for validation\n"
 
 
-def test_long_documents_are_encoded_in_pieces_with_identical_ids(tmp_path, monkeypatch,
-                                                                    shared_data):
-    # the package's `prepare` attribute is the function; fetch the module itself
-    impl = importlib.import_module("growlm.data.prepare")
+def test_long_documents_are_encoded_in_pieces_with_identical_ids(tmp_path, shared_data):
     from growlm.data.tokenizer import load_tokenizer
 
     lines = [f"Line {i} says   something, (with) punctuation {i * 7}!" for i in range(300)]
     text = "\n".join(lines) + "\n\n  indented tail\n"
     (tmp_path / "long.txt").write_text(text)
-    monkeypatch.setattr(impl, "_PIECE_CHARS", 500)
-    assert len(impl._pieces(text)) > 10 and "".join(impl._pieces(text)) == text
     gpt2 = shared_data / "tokenizers" / "gpt2"
+    messages = []
     shards = prepare(tmp_path / "out", [tmp_path / "long.txt"], tokenizer=gpt2, val_fraction=0,
-                     progress=False, log=print)
+                     progress=False, log=messages.append, piece_chars=500)
     expected = load_tokenizer(gpt2).encode(text, add_special_tokens=False).ids + [50256]
+    assert np.asarray(shards.tokens("train")).tolist() == expected
+    assert not any("encoded in one call" in m for m in messages)
+
+
+def test_prepare_keeps_whole_document_ids_for_every_tokenizer_layout(tmp_path, safe_layout,
+                                                                     text_maker, write_jsonl):
+    from growlm.data.tokenizer import eos_id, load_tokenizer
+
+    safe_layout.save(str(tmp_path / "tok.json"))
+    docs = [text_maker(900, seed) for seed in range(3)] + ["a short one", " x "]
+    write_jsonl(tmp_path / "docs.jsonl", [{"text": d} for d in docs])
+    shards = prepare(tmp_path / "out", [tmp_path / "docs.jsonl"], tokenizer=tmp_path / "tok.json",
+                     val_fraction=0, progress=False, log=print, piece_chars=300)
+    tok = load_tokenizer(tmp_path / "tok.json")
+    tok.encode_special_tokens = True
+    eos = eos_id(tok)
+    expected = [t for d in docs for t in tok.encode(d, add_special_tokens=False).ids + [eos]]
     assert np.asarray(shards.tokens("train")).tolist() == expected
 
 

@@ -5,6 +5,8 @@ The loader (which needs torch) is imported on first use, so `growlm data ...` st
 
 from __future__ import annotations
 
+import importlib
+
 from growlm.data.prepare import prepare
 from growlm.data.shards import TokenShards, TokenStream, open_shards
 from growlm.data.sources import HFDataset
@@ -19,7 +21,5 @@ __all__ = ["HFDataset", "SequenceLoader", "TokenShards", "TokenStream", "eos_id"
 
 def __getattr__(name: str):
     if name in _LAZY:
-        from growlm.data import loader
-
-        return getattr(loader, name)
+        return getattr(importlib.import_module("growlm.data.loader"), name)
     raise AttributeError(f"module 'growlm.data' has no attribute {name!r}")

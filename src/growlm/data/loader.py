@@ -47,7 +47,8 @@ class SequenceLoader:
             raise GrowlmError(f"rank {rank} is not in a world of size {world_size}")
         self.tokens = tokens
         self.seq_len = int(seq_len)
-        self.seed = int(seed)
+        self._perms: dict[int, np.ndarray] = {}
+        self.reseed(seed)
         self.rank, self.world_size = int(rank), int(world_size)
         self.num_sequences = (len(tokens) - 1) // self.seq_len
         if self.num_sequences <= 0:
@@ -56,7 +57,13 @@ class SequenceLoader:
         digest = hashlib.sha256(f"{data_fingerprint(tokens)}|seq_len={self.seq_len}".encode())
         self.fingerprint = digest.hexdigest()[:32]
         self.position = 0
-        self._perms: dict[int, np.ndarray] = {}
+
+    def reseed(self, seed: int) -> None:
+        """Use another order seed (numpy's generators take only seeds ≥ 0)."""
+        if int(seed) < 0:
+            raise GrowlmError(f"the data order seed must be ≥ 0 (run.seed), got {seed}")
+        self.seed = int(seed)
+        self._perms.clear()
 
     @property
     def position(self) -> int:
@@ -125,8 +132,7 @@ class SequenceLoader:
             raise GrowlmError("the loader state was saved for different data or seq_len "
                               f"(fingerprint {fingerprint} ≠ {self.fingerprint}); resume with the "
                               "same shards and seq_len, or restart the data order")
-        self.seed = int(seed)
-        self._perms.clear()
+        self.reseed(seed)
         self.position = int(position)
 
 

@@ -8,8 +8,10 @@ token stream each; shard boundaries carry no meaning.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -51,39 +53,62 @@ class ShardWriter:
         self._in_file = 0
 
     def write(self, ids: np.ndarray) -> None:
+        """Append `ids`; an OSError (full disk, file-size limit) names the shard file."""
         data = np.ascontiguousarray(ids, dtype=self.dtype)
-        while data.size:
-            if self._file is None:
-                self._open_next()
-            take = min(data.size, self.shard_tokens - self._in_file)
-            chunk = data[:take].tobytes()
-            self._file.write(chunk)
-            self._hash.update(chunk)
-            self._in_file += take
-            self.tokens += take
-            data = data[take:]
-            if self._in_file == self.shard_tokens:
-                self._close_current()
+        with self._naming_errors():
+            while data.size:
+                if self._file is None:
+                    self._open_next()
+                take = min(data.size, self.shard_tokens - self._in_file)
+                chunk = data[:take].tobytes()
+                self._file.write(chunk)
+                self._hash.update(chunk)
+                self._in_file += take
+                self.tokens += take
+                data = data[take:]
+                if self._in_file == self.shard_tokens:
+                    self._close_current()
 
     def close(self) -> dict:
-        """Finish the last file; returns this split's entry for meta.json."""
-        self._close_current()
+        """Finish the last file (flushed to disk); returns this split's entry for meta.json."""
+        with self._naming_errors():
+            self._close_current()
         return {"tokens": self.tokens, "docs": self.docs, "files": self.files}
+
+    def discard(self) -> None:
+        """Close an open file after a failure, without raising (the folder is thrown away)."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+
+    @contextlib.contextmanager
+    def _naming_errors(self):
+        try:
+            yield
+        except OSError as e:
+            if e.filename or not self.files:
+                raise
+            raise OSError(e.errno, e.strerror, str(self.folder / self.files[-1]["name"])) from e
 
     def _open_next(self) -> None:
         name = f"{self.split}_{len(self.files):05d}.bin"
+        self.files.append({"name": name})
         self._file = open(self.folder / name, "wb")
         self._hash = hashlib.sha256()
         self._in_file = 0
-        self.files.append({"name": name})
 
     def _close_current(self) -> None:
         if self._file is None:
             return
-        self._file.close()
+        file, self._file = self._file, None
+        with file:
+            file.flush()
+            os.fsync(file.fileno())  # a folder that looks finished must survive a power cut
         self.files[-1].update(tokens=self._in_file, bytes=self._in_file * self.dtype.itemsize,
                               sha256=self._hash.hexdigest())
-        self._file = None
 
 
 class TokenStream:

@@ -9,6 +9,10 @@ Documents per format:
   `"line"` makes every non-empty line a document (e.g. for one-sentence-per-line corpora).
 - .jsonl / .ndjson (optionally .gz): one JSON object per line, the document is `text_field`.
 - .parquet: one row per document, column `text_field` (needs pyarrow).
+
+JSON can spell a lone UTF-16 surrogate ("\\ud800", e.g. from text cut in the middle of an emoji
+by a UTF-16 tool); no UTF-8 encoder accepts it. Such code points are replaced by U+FFFD and
+counted in `Repairs`, which `prepare` reports and stores in meta.json.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ import glob as globlib
 import gzip
 import json
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from growlm.data.builtin import BuiltinCorpus, is_builtin, parse_builtin
 from growlm.errors import GrowlmError
+from growlm.files import check_path
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".txt.gz")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
@@ -30,6 +36,28 @@ PARQUET_SUFFIXES = (".parquet",)
 ALLOWED = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
 TXT_DOCS = ("file", "paragraph", "line")
 _BLANK_LINES = re.compile(r"\n[ \t\r]*\n")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class Repairs:
+    """Documents whose text was changed so that it can be encoded, and where the first was."""
+
+    def __init__(self):
+        self.lone_surrogates = 0  # documents with at least one lone surrogate replaced
+        self.first: str | None = None
+
+    def clean(self, text: str, where: str) -> str:
+        if _SURROGATE.search(text) is None:
+            return text
+        self.lone_surrogates += 1
+        self.first = self.first or where
+        return _SURROGATE.sub("\ufffd", text)
+
+    def summary(self) -> str | None:
+        if not self.lone_surrogates:
+            return None
+        return (f"replaced lone UTF-16 surrogates (invalid in UTF-8) by U+FFFD in "
+                f"{self.lone_surrogates:,} documents (first: {self.first})")
 
 
 @dataclass(frozen=True)
@@ -52,11 +80,11 @@ class FileSource:
         return {"kind": "file", "path": str(self.path), "format": self.fmt,
                 "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
-    def documents(self, text_field: str, txt_docs: str) -> Iterator[str]:
+    def documents(self, text_field: str, txt_docs: str, repairs: Repairs) -> Iterator[str]:
         if self.fmt == "text":
             return _text_documents(self.path, txt_docs)
         if self.fmt == "jsonl":
-            return _jsonl_documents(self.path, text_field)
+            return _jsonl_documents(self.path, text_field, repairs)
         return _parquet_documents(self.path, text_field)
 
 
@@ -67,7 +95,7 @@ class BuiltinSource:
     def describe(self) -> dict:
         return self.corpus.describe()
 
-    def documents(self, text_field: str, txt_docs: str) -> Iterator[str]:
+    def documents(self, text_field: str, txt_docs: str, repairs: Repairs) -> Iterator[str]:
         return self.corpus.documents()
 
 
@@ -80,8 +108,8 @@ class HFSource:
         # The hub gives no cheap content hash; name, config and split identify the data.
         return {"kind": "hf", "name": d.name, "config": d.config, "split": d.split}
 
-    def documents(self, text_field: str, txt_docs: str) -> Iterator[str]:
-        return _hf_documents(self.dataset, text_field)
+    def documents(self, text_field: str, txt_docs: str, repairs: Repairs) -> Iterator[str]:
+        return _hf_documents(self.dataset, text_field, repairs)
 
 
 Source = FileSource | BuiltinSource | HFSource
@@ -101,7 +129,7 @@ def resolve_inputs(inputs: list) -> list[Source]:
 
 
 def _resolve_path(spec: str) -> list[FileSource]:
-    path = Path(spec).expanduser()
+    path = check_path(spec, "input").expanduser()
     if path.is_file():
         return [FileSource(path.resolve(), _format_of(path, strict=True))]
     if path.is_dir():
@@ -146,7 +174,7 @@ def _text_documents(path: Path, txt_docs: str) -> Iterator[str]:
                         yield line.rstrip("\r\n")
                 return
             text = f.read()
-    except (OSError, UnicodeDecodeError, EOFError) as e:
+    except (OSError, UnicodeDecodeError, EOFError, zlib.error) as e:
         raise GrowlmError(f"cannot read {path}: {_reason(e)}") from None
     if txt_docs == "paragraph":
         yield from (p for p in _BLANK_LINES.split(text) if p.strip())
@@ -154,15 +182,17 @@ def _text_documents(path: Path, txt_docs: str) -> Iterator[str]:
         yield text
 
 
-def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
+def _jsonl_documents(path: Path, text_field: str, repairs: Repairs) -> Iterator[str]:
     lineno = 0
     try:
         with _open_text(path) as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                yield _text_of(_parse_json(line, path, lineno), text_field, f"{path} line {lineno}")
-    except (OSError, UnicodeDecodeError, EOFError) as e:
+                where = f"{path} line {lineno}"
+                yield repairs.clean(_text_of(_parse_json(line, path, lineno), text_field, where),
+                                    where)
+    except (OSError, UnicodeDecodeError, EOFError, zlib.error) as e:
         raise GrowlmError(f"cannot read {path} (after line {lineno}): {_reason(e)}") from None
 
 
@@ -213,7 +243,7 @@ def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
         raise GrowlmError(f"cannot read parquet file {path}: {_reason(e)}") from None
 
 
-def _hf_documents(d: HFDataset, text_field: str) -> Iterator[str]:
+def _hf_documents(d: HFDataset, text_field: str, repairs: Repairs) -> Iterator[str]:
     try:
         import datasets
     except ImportError:
@@ -225,7 +255,8 @@ def _hf_documents(d: HFDataset, text_field: str) -> Iterator[str]:
         rows = iter(ds)
         index = 0
         for index, row in enumerate(rows):
-            yield _text_of(row, text_field, f"{where} row {index}")
+            yield repairs.clean(_text_of(row, text_field, f"{where} row {index}"),
+                                f"{where} row {index}")
     except GrowlmError:
         raise
     except Exception as e:  # network, auth, unknown name: all end up here

@@ -14,9 +14,12 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from growlm.errors import GrowlmError
+from growlm.files import check_path
 
 EOS_TOKEN = "<|endoftext|>"
 # Tried in order when looking for the end-of-document token of a tokenizer we did not make.
+MIN_TRAIN_VOCAB = 258
+MAX_TRAIN_VOCAB = 2**22
 _EOS_CANDIDATES = (EOS_TOKEN, "<|end_of_text|>", "</s>", "<eos>", "<|eos|>", "[SEP]")
 
 
@@ -26,7 +29,7 @@ def load_tokenizer(spec: str | Path) -> Tokenizer:
     Folders may hold `tokenizer.json`, or GPT-2 style `encoder.json` + `vocab.bpe`
     (or their hub names `vocab.json` + `merges.txt`).
     """
-    path = Path(spec).expanduser()
+    path = check_path(spec, "tokenizer").expanduser()
     if path.is_file():
         return _from_file(path)
     if path.is_dir():
@@ -93,9 +96,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2,
 
     The 256 byte symbols are always in the alphabet, so any text can be encoded.
     """
-    if vocab_size < 257 + 1:
-        raise GrowlmError(f"BPE vocab size {vocab_size} is too small: it must be at least 258 "
-                          "(256 bytes + <|endoftext|> + one merge)")
+    check_train_vocab(vocab_size)
     tok = Tokenizer(models.BPE())
     _byte_level(tok)
     trainer = trainers.BpeTrainer(
@@ -103,6 +104,18 @@ def train_bpe(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2,
         special_tokens=[EOS_TOKEN], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(_non_empty(texts), trainer=trainer)
     return tok
+
+
+def check_train_vocab(vocab_size: int) -> None:
+    """GrowlmError unless a BPE of `vocab_size` can be trained: at least 258 (256 bytes +
+    <|endoftext|> + one merge), at most MAX_TRAIN_VOCAB (the trainer reserves memory for the
+    whole vocabulary up front, about 66 bytes per entry, and aborts the process natively when
+    that fails: 2^31 entries asks for 141 GB)."""
+    if not MIN_TRAIN_VOCAB <= vocab_size <= MAX_TRAIN_VOCAB:
+        size = "small" if vocab_size < MIN_TRAIN_VOCAB else "large"
+        raise GrowlmError(f"BPE vocab size {vocab_size} is too {size}: it must be in "
+                          f"[{MIN_TRAIN_VOCAB}, {MAX_TRAIN_VOCAB}] (256 bytes + <|endoftext|> "
+                          "+ at least one merge)")
 
 
 def _non_empty(texts: Iterable[str]) -> Iterator[str]:

@@ -130,24 +130,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _open_data(self):
-        from growlm.data import SequenceLoader, open_shards
+        from growlm.data.training import open_training_data
 
-        train = open_shards(self.cfg.data.train)
-        if train.vocab_size > self.cfg.model.vocab_size:
+        data = open_training_data(self.cfg.data.train, self.cfg.data.val, self.cfg.data.seq_len,
+                                  self.cfg.run.seed, rank=self.rank, world_size=self.world)
+        if data.vocab_size > self.cfg.model.vocab_size:
             raise GrowlmError(
-                f"data.train: shards use a tokenizer with {train.vocab_size} tokens but model.vocab_size is "
+                f"data.train: shards use a tokenizer with {data.vocab_size} tokens but model.vocab_size is "
                 f"{self.cfg.model.vocab_size} (prepare the data with the model's tokenizer or raise vocab_size)")
-        if train.num_tokens("train") < self.cfg.data.seq_len + 1:
-            raise GrowlmError(f"data.train: {self.cfg.data.train} has fewer tokens than one sequence")
-        self.tokenizer_path = train.tokenizer_path
-        self.train_tokens = train.num_tokens("train")
-        self.loader = SequenceLoader(train.tokens("train"), self.cfg.data.seq_len, self.cfg.run.seed,
-                                     rank=self.rank, world_size=self.world)
-        val_src = open_shards(self.cfg.data.val) if self.cfg.data.val else train
-        if val_src.meta["tokenizer"]["sha256"] != train.meta["tokenizer"]["sha256"]:
-            raise GrowlmError("data.val: shards were made with a different tokenizer than data.train")
-        split = "val" if val_src.num_tokens("val") > self.cfg.data.seq_len else None
-        self.val_tokens = val_src.tokens(split) if split else None
+        self.tokenizer_path = data.tokenizer_path
+        self.train_tokens = data.tokens_available
+        self.loader = data.loader
+        self.val_tokens = data.val_tokens
 
     def _data_notes(self) -> list[str]:
         """Warnings about the data a recipe will read (printed once at a fresh start)."""
