@@ -182,7 +182,7 @@ def _losses(run_dir) -> list:
 
 
 def test_a_mixed_recipe_trains_and_resumes_bit_identically(folders, tmp_path):
-    from growlm.train import checkpoint as ckpt
+    from growlm import checkpoint as ckpt
     from growlm.train.trainer import Trainer
 
     def recipe(name: str):
