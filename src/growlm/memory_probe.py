@@ -23,7 +23,8 @@ How each device is measured (`method`):
   allocates on the profiled thread and on the autograd threads the profiler follows: eager
   ops, their backward, a compiled graph's kernels, buffers a kernel allocates for itself, and
   the optimizer. The baseline is the sum of the distinct CPU storages of all tensors reachable
-  from Python at entry (parameters, gradients, optimizer state, buffers, batches).
+  from Python at entry (parameters, gradients, optimizer state, buffers, batches), counted
+  after a garbage collection.
 - ``"process_rss"``: the fallback when the profiler is already running (profilers do not
   nest): the kernel's peak resident set size, reset at entry through `/proc/self/clear_refs`;
   the baseline is the resident size at entry. It counts the whole process (interpreter,
@@ -149,6 +150,9 @@ class PeakMemory:
             self.baseline_bytes = int(torch.cuda.memory_allocated(self.device))
         elif not torch.autograd._profiler_enabled():
             self.method = "cpu_allocator_events"
+            # Unreachable cycles holding tensors would count in the baseline, then be freed
+            # unseen inside the window: collect them first.
+            gc.collect()
             self.baseline_bytes = live_tensor_bytes("cpu")
             os.environ.setdefault("KINETO_LOG_LEVEL", _QUIET_KINETO)
             self._profiler = torch.profiler.profile(

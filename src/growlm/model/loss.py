@@ -16,8 +16,8 @@ one chunk's fp32 logits take at most 64 MiB whatever the vocabulary (333 positio
   plain `nn.Linear`: its fused linear cross-entropy, which computes the gradients chunk by
   chunk during the forward and picks its own chunk size. Never used on CPU.
 - ``"torch"``: a plain `nn.Linear` head computing in fp32 (no autocast) with torch's own
-  chunked `F.linear_cross_entropy` (torch ≥ 2.13), which also precomputes the gradients in
-  the forward and needs no recomputation.
+  chunked `F.linear_cross_entropy` (in torch 2.13; an older torch takes "checkpoint"), which
+  also precomputes the gradients in the forward and needs no recomputation.
 - ``"checkpoint"``: any other head (a LoRA-wrapped `lm_head`, an FSDP-wrapped one), or under
   autocast without Liger: each chunk runs through `torch.utils.checkpoint`, so the forward
   keeps only the chunk's input (a view of the hidden states) and the backward recomputes the
@@ -25,7 +25,8 @@ one chunk's fp32 logits take at most 64 MiB whatever the vocabulary (333 positio
   forward then runs twice. It calls the head module itself, so adapters, autocast and
   dropout (with the RNG state restored) behave as in the plain path. torch's chunked op is
   not used under autocast because it ignores autocast (it would compute the head in fp32)
-  and, fed bf16 inputs, returns the summed loss in bf16.
+  and, fed bf16 inputs, returns the summed loss in bf16 (a sum over 8k tokens rounded to
+  8 bits of mantissa).
 - ``"loop"``: without gradients (evaluation), a plain loop over chunks.
 
 Every path returns the fp32 SUM of the token losses over labels ≠ -100, equal to
