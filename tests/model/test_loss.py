@@ -8,7 +8,7 @@ from growlm.model import ModelConfig, Transformer
 from growlm.model import loss as loss_mod
 
 CFG = ModelConfig(vocab_size=300, d_model=32, n_layers=2, n_heads=4, max_seq_len=64)
-SEQ = 24  # chunk sizes 8 and 24 divide batch·seq = 72 positions, 5 and 50 do not
+SEQ = 24  # chunk size 24 divides batch·seq = 72 positions, 5 does not, 1000 is one chunk
 
 
 def _batch(cfg, batch=3, seq=SEQ, seed=1):
@@ -57,7 +57,7 @@ def force_impl(monkeypatch):
 
 
 @pytest.mark.parametrize("impl", ["torch", "checkpoint"])
-@pytest.mark.parametrize("chunk", [5, 8, 24, 50, 1000])
+@pytest.mark.parametrize("chunk", [5, 24, 1000])
 @pytest.mark.parametrize("tied", [False, True])
 def test_chunked_loss_and_grads_equal_the_plain_path(force_impl, impl, chunk, tied):
     model = Transformer(CFG.with_(tie_embeddings=tied))
