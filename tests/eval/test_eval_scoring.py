@@ -104,3 +104,42 @@ def test_non_growlm_model_uses_its_own_forward(make_model):
     reqs = shared_context_requests(97, torch.Generator().manual_seed(5))
     for (a, ga), (b, gb) in zip(score_requests(Wrapped(model), reqs), score_requests(model, reqs)):
         assert abs(a - b) < 1e-3 * max(1.0, abs(b)) and ga == gb
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_scores_do_not_depend_on_the_logit_chunk(make_model, monkeypatch, wrapped):
+    """Scoring runs the head (or reads a wrapper's logits) a few positions at a time."""
+    from growlm.model import loss
+
+    model = make_model(vocab_size=97, max_seq_len=32)
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.cfg = inner, inner.cfg
+
+        def forward(self, tokens):
+            return self.inner(tokens)
+
+    scored = Wrapped(model) if wrapped else model
+    reqs = shared_context_requests(97, torch.Generator().manual_seed(6))
+    whole = score_requests(scored, reqs, batch_size=4)
+    monkeypatch.setattr(loss, "CHUNK_LOGITS", 3 * 97)  # 3 positions per chunk
+    chunked = score_requests(scored, reqs, batch_size=4)
+    for (a, ga), (b, gb) in zip(chunked, whole):
+        assert abs(a - b) < 1e-5 * max(1.0, abs(b)) and ga == gb
+
+
+def test_scoring_holds_one_chunk_of_logits_not_all(make_model, monkeypatch):
+    from growlm.memory_probe import PeakMemory
+    from growlm.model import loss
+
+    vocab, positions = 32768, 120
+    model = make_model(vocab_size=vocab, n_layers=1, max_seq_len=128)
+    gen = torch.Generator().manual_seed(7)
+    reqs = [([1], torch.randint(0, vocab, (positions,), generator=gen).tolist())]
+    monkeypatch.setattr(loss, "CHUNK_LOGITS", 8 * vocab)  # 8 positions per chunk
+    with PeakMemory("cpu") as probe:
+        score_requests(model, reqs)
+    all_logits = positions * vocab * 4  # 15 MiB in fp32
+    assert probe.peak_above_baseline_bytes < all_logits / 3

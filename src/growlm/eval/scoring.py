@@ -6,7 +6,8 @@ one, and the continuation's log-probabilities are summed. Three things make it f
 
 - Requests are sorted by length and right-padded into batches.
 - The vocabulary projection and log-softmax run only at the continuation positions, which
-  is most of the work with a 50k vocabulary.
+  is most of the work with a 50k vocabulary, and in chunks of positions (the training loss's
+  `growlm.model.loss.chunk_positions`), so at most one chunk's logits exist at a time.
 - Choices that share a context are packed into one row: the context once, then each
   continuation, with an attention mask that lets a continuation see the context and itself
   only, and position ids that restart after the context for every continuation. A 4-way
@@ -14,7 +15,8 @@ one, and the continuation's log-probabilities are summed. Three things make it f
 
 Packing needs to run the layers with a mask and per-token positions, which growlm's
 `Transformer.forward` does not take, so `_packed_hidden` walks the blocks itself; any other
-model (a compiled or FSDP wrapper) gets one plain forward per padded batch instead.
+model (a compiled or FSDP wrapper) gets one plain forward per padded batch instead: its full
+logits are that forward's own output, read here chunk by chunk.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ import torch.nn.functional as F
 
 from growlm.model import Transformer
 from growlm.model.llama import apply_rope
+from growlm.model.loss import chunk_positions, logprob_of_targets, token_logprobs
 
 Request = tuple[Sequence[int], Sequence[int]]
-POSITIONS_PER_SLICE = 4096  # vocabulary projections done at once: bounds the logits' memory
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -165,16 +167,16 @@ def _score_rows(model, rows: list[_Row], device, sums: torch.Tensor,
         full = model(tokens)
     rows_t, cols_t = torch.tensor(where, device=device), torch.tensor(cols, device=device)
     target_t = torch.tensor(targets, device=device)
-    token_lp = torch.empty(len(targets), dtype=torch.float32, device=device)
-    hit = torch.empty(len(targets), dtype=torch.bool, device=device)
-    for lo in range(0, len(targets), POSITIONS_PER_SLICE):
-        sl = slice(lo, lo + POSITIONS_PER_SLICE)
-        r, c = rows_t[sl], cols_t[sl]
-        logits = (model.lm_head(hidden[r, c]) if fast else full[r, c]).float()
-        # log p(target) = logit[target] - logsumexp(logits): no (positions × vocab) output.
-        picked = logits.gather(1, target_t[sl, None]).squeeze(1)
-        token_lp[sl] = picked - torch.logsumexp(logits, dim=-1)
-        hit[sl] = logits.argmax(-1) == target_t[sl]
+    if fast:
+        # The head runs chunk by chunk at the scored positions only (growlm.model.loss).
+        token_lp, hit = token_logprobs(hidden[rows_t, cols_t], model.lm_head, target_t)
+    else:
+        token_lp = torch.empty(len(targets), dtype=torch.float32, device=device)
+        hit = torch.empty(len(targets), dtype=torch.bool, device=device)
+        step = chunk_positions(full.shape[-1])
+        for lo in range(0, len(targets), step):
+            sl = slice(lo, lo + step)
+            token_lp[sl], hit[sl] = logprob_of_targets(full[rows_t[sl], cols_t[sl]], target_t[sl])
     slots_t = torch.tensor(slots)
     sums.index_add_(0, slots_t, token_lp.double().cpu())
     misses.index_add_(0, slots_t, (~hit).long().cpu())

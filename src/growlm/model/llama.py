@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from growlm.model.config import ModelConfig
+from growlm.model.loss import linear_cross_entropy_sum
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -198,8 +199,15 @@ class Transformer(nn.Module):
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (batch, seq) → logits (batch, seq, vocab)."""
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (batch, seq) → logits (batch, seq, vocab); with labels, the summed loss.
+
+        labels: (batch, seq) int64 targets aligned with the positions (labels[:, t] is the
+        token position t should predict), -100 where ignored. With them the result is the
+        fp32 SUM of the token cross-entropies over non-ignored positions, computed in chunks
+        so the full logits never exist (growlm.model.loss); the caller divides by its token
+        count. Taking the loss here, inside forward, lets DDP/FSDP hooks see the head's use.
+        """
         seq = tokens.shape[1]
         if seq > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {seq} exceeds max_seq_len {self.cfg.max_seq_len}")
@@ -207,7 +215,10 @@ class Transformer(nn.Module):
         cos, sin = self.rope_cos[:seq], self.rope_sin[:seq]
         for block in self.layers.values():
             x = block(x, cos, sin)
-        return self.lm_head(self.norm(x))
+        hidden = self.norm(x)
+        if labels is None:
+            return self.lm_head(hidden)
+        return linear_cross_entropy_sum(hidden, self.lm_head, labels)
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
