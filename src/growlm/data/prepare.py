@@ -1,6 +1,8 @@
 """`prepare`: text sources → token shards (see shards.py for the format).
 
-- Documents are read in a deterministic order (sources.py) and each is followed by EOS.
+- Documents are read in a deterministic order (sources.py); each opens with the BOS policy's
+  start tokens (growlm.data.tokenizer: `<s>` for a Llama-2-layout tokenizer, none for GPT-2's)
+  and is followed by EOS.
 - Validation split by document: with fraction f, document i (counting non-empty documents
   over all inputs) is held out when floor((i+1)·f) > floor(i·f). That keeps exactly
   floor(N·f) documents, spread evenly over the corpus, and decides each document without
@@ -259,6 +261,7 @@ def _write_all(tmp: Path, tok, tok_name: str | None, sources, val_sources, optio
                for split in ("train", "val")}
     max_tokens = options["max_tokens"]
     encoder = tk.encoder_for_data(tok)
+    doc_start = np.array(tk.bos_policy(tok).start, dtype=np.int64)
     docs = split_documents(sources, val_sources, options["val_fraction"], options["text_field"],
                            options["txt_docs"],
                            stop=lambda: max_tokens is not None
@@ -266,7 +269,7 @@ def _write_all(tmp: Path, tok, tok_name: str | None, sources, val_sources, optio
     start = time.perf_counter()
     with _progress_bar(progress) as bar:
         for batch in _batches(docs):
-            written = _encode_and_write(encoder, batch, writers, eos, max_tokens)
+            written = _encode_and_write(encoder, batch, writers, eos, max_tokens, doc_start)
             bar.update(written)
             bar.set_postfix(docs=writers["train"].docs + writers["val"].docs, refresh=False)
     splits = {name: w.close() for name, w in writers.items()}
@@ -305,8 +308,10 @@ def _batches(docs: Iterator[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]
         yield batch
 
 
-def _encode_and_write(encoder, batch, writers: dict, eos: int, max_tokens: int | None) -> int:
-    """Encode one batch of (split, text) and append each document + EOS; returns tokens written."""
+def _encode_and_write(encoder, batch, writers: dict, eos: int, max_tokens: int | None,
+                      doc_start: np.ndarray) -> int:
+    """Encode one batch of (split, text) and append start + each document + EOS; returns
+    tokens written."""
     pieces, owner = [], []
     for i, (_, text) in enumerate(batch):
         for piece in _pieces(text):
@@ -327,9 +332,9 @@ def _encode_and_write(encoder, batch, writers: dict, eos: int, max_tokens: int |
         if split == "train" and budget is not None:
             if budget - counts["train"] <= 0:
                 continue
-            ids = ids[:max(0, budget - counts["train"] - 1)]  # keep room for the EOS
-        out[split] += [ids, eos_arr]
-        counts[split] += ids.size + 1
+            ids = ids[:max(0, budget - counts["train"] - 1 - doc_start.size)]  # room: start, EOS
+        out[split] += [doc_start, ids, eos_arr]
+        counts[split] += doc_start.size + ids.size + 1
         writers[split].docs += 1
     for split, arrays in out.items():
         if arrays:
