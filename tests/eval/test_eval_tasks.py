@@ -106,6 +106,28 @@ def test_load_hub_uses_datasets(monkeypatch):
     assert len(examples) == 1 and examples[0].gold == 1
 
 
+@pytest.mark.parametrize("name,hub,record", [
+    ("sciq", ("allenai/sciq", None, "test"),
+     {"question": "q", "distractor1": "a", "distractor2": "b", "distractor3": "c",
+      "correct_answer": "d", "support": "s"}),
+    ("logiqa", ("EleutherAI/logiqa", "logiqa", "test"),
+     {"label": "b", "context": "p", "question": "q", "options": ["1", "2", "3", "4"]}),
+])
+def test_sciq_and_logiqa_read_the_hub_datasets(monkeypatch, name, hub, record):
+    import datasets
+
+    calls = []
+
+    def fake_load(path, name=None, split=None):
+        calls.append((path, name, split))
+        return [record] * 3
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    examples = T.load_examples(name, source="hub", limit=2)
+    assert calls == [hub] and len(examples) == 2
+    assert examples[0] == getattr(T, f"{name}_hub")(record, "x")
+
+
 def test_unknown_task_lists_allowed():
     with pytest.raises(GrowlmError, match="unknown zero-shot task 'squad'.*arc_easy"):
         T.get_task("squad")

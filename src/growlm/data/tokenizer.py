@@ -24,6 +24,13 @@ rolling-perplexity document is scored after `prefix_id`, never scoring a BOS its
 with its defaults would score a second `<s>` after the prefix there, a transition training
 never shows; growlm's windows equal lm-eval's with `add_bos_token=False` in that one case.)
 Trailing special tokens a post-processor adds (a final `</s>`) are never added to a context.
+
+The setting that persists is the tokenizer.json itself: it is stored with the shards, copied
+into every checkpoint and export, and read by `transformers` and lm-eval, so a run prepared
+with a tokenizer whose post-processor adds `<s>` (or not) is evaluated and prompted the same
+way without anyone repeating the choice. `growlm eval --bos` and `growlm generate --bos`
+override it for one command (e.g. to compare with an lm-eval run given another
+`add_bos_token`).
 """
 
 from __future__ import annotations
