@@ -4,7 +4,11 @@ Trains a small LLaMA briefly (GPT-2 tokenizer, Wikipedia text from the shared da
 exports it as a HF Llama folder, then scores the zero-shot tasks and WikiText with
 (1) growlm's evaluator and (2) lm-eval's HF backend, whose task YAMLs (written to a temp dir)
 point at the same local files and spell out lm-eval's own prompt templates over their fields.
-Prints both tools' scores side by side, their wall times and the speed ratio.
+SciQ takes its prompt, choices and target from lm-eval's installed sciq.yaml over the original
+test.json; LogiQA uses lm-eval's own `utils_logiqa` prompt and target functions over the
+records growlm reads from the original Test.txt (the hub copy lm-eval would download is
+built from that file). Prints both tools' scores side by side, their wall times and the
+speed ratio.
 
 Needs: pip install lm-eval==0.4.13 (a benchmark-only extra, not a growlm dependency).
 Run:   python benchmarks/eval_speed.py --limit 500
@@ -33,7 +37,7 @@ from growlm.model.llama import cross_entropy  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ZERO_SHOT = ("lambada", "hellaswag", "piqa", "arc_easy", "arc_challenge", "openbookqa",
-             "winogrande")
+             "winogrande", "sciq", "logiqa")
 
 
 # ---------------------------------------------------------------- model
@@ -54,8 +58,10 @@ def train_small_model(data: Path, tokenizer, args) -> tuple[ModelConfig, dict]:
             texts.append(json.loads(line)["text"])
             if sum(map(len, texts)) > 6_000_000:
                 break
-    eos = tokenizer.token_to_id("<|endoftext|>")
-    ids = [t for enc in tokenizer.encode_batch(texts) for t in (*enc.ids, eos)]
+    from growlm.data.tokenizer import bos_policy
+
+    policy = bos_policy(tokenizer)  # documents as growlm data prepare writes them
+    ids = [t for doc in policy.encode(tokenizer, texts) for t in (*doc, policy.eos_id)]
     tokens = torch.tensor(ids)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     seq, batch = args.train_seq, args.train_batch
@@ -87,6 +93,8 @@ def _q(s: str) -> str:
 
 UTILS = '''
 from lm_eval.tasks.hellaswag.utils import preprocess
+from lm_eval.tasks.logiqa.utils_logiqa import doc_to_target as logiqa_target
+from lm_eval.tasks.logiqa.utils_logiqa import doc_to_text as logiqa_text
 from lm_eval.tasks.wikitext.preprocess_wikitext import process_results, wikitext_detokenizer
 from growlm.eval.tasks import hellaswag_capitalise_tail
 
@@ -122,8 +130,24 @@ def _mc_yaml(name: str, path: Path, text: str, choice: str, target: str,
             f"metric_list:\n{metric_list}")
 
 
+def _lm_eval_sciq() -> dict:
+    """doc_to_text / doc_to_choice / doc_to_target of lm-eval's installed sciq task."""
+    import lm_eval
+    import yaml
+
+    path = Path(lm_eval.__file__).parent / "tasks/sciq/sciq.yaml"
+    spec = yaml.safe_load(path.read_text())
+    return {k: spec[k] for k in ("doc_to_text", "doc_to_choice", "doc_to_target")}
+
+
 def write_lm_eval_tasks(data: Path, tmp: Path) -> None:
+    from growlm.eval.records import read_logiqa_text
+
     icl = data / "eval/llm_foundry_icl"
+    logiqa = tmp / "logiqa_test.jsonl"
+    logiqa.write_text("".join(json.dumps(rec) + "\n" for rec, _ in
+                              read_logiqa_text(data / "eval/logiqa/Test.txt")))
+    sciq = _lm_eval_sciq()
     hs = tmp / "hellaswag_val.jsonl"
     with gzip.open(data / "eval/hellaswag/hellaswag_val.jsonl.gz", "rb") as src:
         hs.write_bytes(src.read())
@@ -148,6 +172,10 @@ def write_lm_eval_tasks(data: Path, tmp: Path) -> None:
         "winogrande": _mc_yaml("winogrande", icl / "winogrande.jsonl",
                                "!function utils.wg_gold", "!function utils.wg_options",
                                "!function utils.wg_rest", metrics=("acc",)),
+        "sciq": _mc_yaml("sciq", data / "eval/sciq/test.json", _q(sciq["doc_to_text"]),
+                         _q(sciq["doc_to_choice"]), _q(str(sciq["doc_to_target"]))),
+        "logiqa": _mc_yaml("logiqa", logiqa, "!function utils.logiqa_text", _q("{{options}}"),
+                           "!function utils.logiqa_target"),
         "lambada": (f"task: growlm_lambada\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
                     f"    test: {_q(str(icl / 'lambada_openai.jsonl'))}\ntest_split: test\n"
                     "output_type: loglikelihood\ndoc_to_text: \"{{context}}\"\n"

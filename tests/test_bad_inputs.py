@@ -199,7 +199,7 @@ def _ckpt_case(damage: Callable[[Path], None], command: str = "export"):
         ckpt_dir = copy(newest(c.run), t / "ckpt")
         damage(ckpt_dir)
         if command == "eval":
-            return ["eval", str(ckpt_dir), "--tasks", "ppl", "--val-shards", str(c.shards), "--no-progress"]
+            return ["eval", str(ckpt_dir), "--tasks", "ppl", "--val-shards", str(c.shards), "--quiet"]
         return ["export", str(ckpt_dir), str(t / "out")]
     return setup
 

@@ -52,3 +52,26 @@ def make_model():
 @pytest.fixture
 def model(tokenizer) -> Transformer:
     return build_model(tokenizer.get_vocab_size())
+
+
+def make_llama_tokenizer() -> Tokenizer:
+    """The Llama-2 / TinyLlama tokenizer.json layout in miniature: a SentencePiece-style BPE
+    ('▁' for spaces, byte fallback) with <unk>, <s>, </s> and a post-processor adding <s>."""
+    from tokenizers import normalizers, processors
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                           normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
+                                  show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    return tok
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer() -> Tokenizer:
+    return make_llama_tokenizer()

@@ -40,3 +40,12 @@ def test_bad_inputs():
         neighbour_overlap(a, b)
     with pytest.raises(GrowlmError, match="k=10 is out of range.*9"):
         neighbour_overlap(a, a, k=10)
+
+
+def test_progress_is_reported_when_asked(capsys):
+    a = torch.randn(300, 8, generator=torch.Generator().manual_seed(0))
+    quiet = neighbour_overlap(a, a, k=5, chunk=64)
+    assert capsys.readouterr().out == ""
+    loud = neighbour_overlap(a, a, k=5, chunk=64, progress=True, desc="overlap")
+    out = capsys.readouterr().out
+    assert loud == quiet and "overlap tok 300/300" in out  # plain lines: not a terminal

@@ -99,8 +99,9 @@ def test_tokenized_example_masks_the_prompt(kit, tokenizer, records_of):
     ).ids
     answer = tokenizer.encode("VM-12", add_special_tokens=False).ids
     eos = eos_id(tokenizer)
-    assert ex.tokens[0].tolist() == [eos, *prompt, *answer, eos]
-    assert ex.train[0].tolist() == [False] * (1 + len(prompt)) + [True] * (len(answer) + 1)
+    # A byte-level BPE puts nothing in front of a text (BOS policy), so the prompt comes first.
+    assert ex.tokens[0].tolist() == [*prompt, *answer, eos]
+    assert ex.train[0].tolist() == [False] * len(prompt) + [True] * (len(answer) + 1)
     assert stats.train_tokens == len(answer) + 1 and stats.truncated == stats.dropped == 0
 
 
@@ -108,7 +109,7 @@ def test_special_token_text_in_a_record_stays_text(kit, tokenizer, records_of):
     records = records_of([{"instruction": "say <|endoftext|>", "output": "<|endoftext|>"}])
     ex, _ = tokenize_records(records, kit.QA, tokenizer, eos_id(tokenizer), 64)
     eos = eos_id(tokenizer)
-    assert (ex.tokens[0] == eos).sum() == 2  # only the start marker and the final EOS
+    assert (ex.tokens[0] == eos).sum() == 1  # only the final EOS
 
 
 def test_too_long_examples_truncate_with_a_warning(kit, tokenizer, records_of):

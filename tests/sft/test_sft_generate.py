@@ -73,3 +73,70 @@ def test_generate_cli_bad_inputs(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["generate", str(tmp_path), "--prompt", "hi", "--top-p", "2"]) == 2
     assert "--top-p must be in (0, 1]" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- BOS policy and vocabulary
+
+
+def with_bos(tokenizer):
+    """The same vocabulary plus <s>, which the post-processor puts in front (Llama-2 layout)."""
+    from tokenizers import Tokenizer, processors
+
+    tok = Tokenizer.from_str(tokenizer.to_str())
+    tok.add_special_tokens(["<s>"])
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                       special_tokens=[("<s>", bos)])
+    return tok, bos
+
+
+def test_prompt_follows_the_bos_policy(tokenizer):
+    from growlm.data.tokenizer import bos_policy, eos_id
+    from growlm.sft.generate import prompt_ids
+
+    text = "Q: What is the capital code of Velmora?\nA: "
+    plain = tokenizer.encode(text, add_special_tokens=False).ids
+    # Byte-level BPE: nothing in front (no EOS), as transformers gives on the exported folder.
+    assert prompt_ids(tokenizer, text, bos_policy(tokenizer)) == plain
+    llama, bos = with_bos(tokenizer)
+    assert prompt_ids(llama, text, bos_policy(llama)) == [bos, *plain]
+    assert prompt_ids(llama, text, bos_policy(llama, "off")) == plain
+    # An empty prompt starts a fresh document: from BOS, else from EOS.
+    assert prompt_ids(llama, "", bos_policy(llama)) == [bos]
+    assert prompt_ids(tokenizer, "", bos_policy(tokenizer)) == [eos_id(tokenizer)]
+
+
+def test_prompt_ids_equal_transformers_on_the_exported_folder(tmp_path, tokenizer, kit):
+    AutoTokenizer = pytest.importorskip("transformers").AutoTokenizer
+    from growlm.data.tokenizer import bos_policy
+    from growlm.model.hf import export_hf
+    from growlm.model.llama import Transformer
+    from growlm.sft.generate import prompt_ids
+
+    text = "Q: What is the capital code of Quistan?\nA: "
+    for i, tok in enumerate((tokenizer, with_bos(tokenizer)[0])):
+        tok_file = tmp_path / f"tokenizer{i}.json"
+        tok.save(str(tok_file))
+        cfg = kit.TINY.model_copy(update={"vocab_size": tok.get_vocab_size()})
+        folder = export_hf(cfg, Transformer(cfg).state_dict(), tmp_path / f"hf{i}",
+                           tokenizer_json=tok_file)
+        hf_ids = AutoTokenizer.from_pretrained(str(folder))(text)["input_ids"]
+        assert prompt_ids(tok, text, bos_policy(tok)) == hf_ids
+
+
+def test_tokenizer_larger_than_the_model_is_one_line(tmp_path, tokenizer, kit, capsys):
+    from tokenizers import Tokenizer, models
+
+    from growlm.model.hf import export_hf
+    from growlm.model.llama import Transformer
+
+    tok_file = tmp_path / "tokenizer.json"
+    tokenizer.save(str(tok_file))
+    folder = export_hf(kit.TINY, Transformer(kit.TINY).state_dict(), tmp_path / "hf",
+                       tokenizer_json=tok_file)
+    # A prompt token id beyond the embedding would otherwise be an IndexError mid-generation.
+    big = Tokenizer(models.WordLevel({f"w{i}": i for i in range(5000)}, unk_token="w0"))
+    (folder / "tokenizer.json").write_text(big.to_str(), encoding="utf-8")
+    assert main(["generate", str(folder), "--prompt", "w4999"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "vocabulary (300)" in err and "(5000)" in err and len(err.splitlines()) == 1

@@ -1,6 +1,8 @@
 """`prepare`: text sources → token shards (see shards.py for the format).
 
-- Documents are read in a deterministic order (sources.py) and each is followed by EOS.
+- Documents are read in a deterministic order (sources.py); each opens with the BOS policy's
+  start tokens (growlm.data.tokenizer: `<s>` for a Llama-2-layout tokenizer, none for GPT-2's)
+  and is followed by EOS.
 - Validation split by document: with fraction f, document i (counting non-empty documents
   over all inputs) is held out when floor((i+1)·f) > floor(i·f). That keeps exactly
   floor(N·f) documents, spread evenly over the corpus, and decides each document without
@@ -269,6 +271,7 @@ def _write_all(tmp: Path, tok, tok_name: str | None, sources, val_sources, optio
                for split in ("train", "val")}
     max_tokens = options["max_tokens"]
     encoder = DocumentEncoder(tk.encoder_for_data(tok), piece_chars=piece_chars)
+    doc_start = np.array(tk.bos_policy(tok).start, dtype=np.int64)
     repairs = Repairs()
     docs = split_documents(sources, val_sources, options["val_fraction"], options["text_field"],
                            options["txt_docs"], repairs,
@@ -278,7 +281,7 @@ def _write_all(tmp: Path, tok, tok_name: str | None, sources, val_sources, optio
     try:
         with progress(None, "tokenizing", enabled=show, unit="tok") as bar:
             for batch in _batches(docs):
-                bar.update(_encode_and_write(encoder, batch, writers, eos, max_tokens))
+                bar.update(_encode_and_write(encoder, batch, writers, eos, max_tokens, doc_start))
                 bar.set_postfix(docs=writers["train"].docs + writers["val"].docs, refresh=False)
         splits = {name: w.close() for name, w in writers.items()}
     finally:
@@ -322,8 +325,9 @@ def _batches(docs: Iterator[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]
 
 
 def _encode_and_write(encoder: DocumentEncoder, batch, writers: dict, eos: int,
-                      max_tokens: int | None) -> int:
-    """Encode one batch of (split, text) and append each document + EOS; returns tokens written."""
+                      max_tokens: int | None, doc_start: np.ndarray) -> int:
+    """Encode one batch of (split, text) and append the tokenizer's document start (its BOS
+    policy, growlm.data.tokenizer.bos_policy) + each document + EOS; returns tokens written."""
     encoded = encoder.encode([text for _, text in batch])
     out: dict[str, list[np.ndarray]] = {"train": [], "val": []}
     counts = {"train": 0, "val": 0}
@@ -333,9 +337,9 @@ def _encode_and_write(encoder: DocumentEncoder, batch, writers: dict, eos: int,
         if split == "train" and budget is not None:
             if budget - counts["train"] <= 0:
                 continue
-            ids = ids[:max(0, budget - counts["train"] - 1)]  # keep room for the EOS
-        out[split] += [ids, eos_arr]
-        counts[split] += ids.size + 1
+            ids = ids[:max(0, budget - counts["train"] - 1 - doc_start.size)]  # room: start, EOS
+        out[split] += [doc_start, ids, eos_arr]
+        counts[split] += doc_start.size + ids.size + 1
         writers[split].docs += 1
     for split, arrays in out.items():
         if arrays:

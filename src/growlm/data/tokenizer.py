@@ -3,12 +3,41 @@
 A tokenizer's identity is the sha256 of its canonical `tokenizer.json` serialisation
 (`Tokenizer.to_str()`); prepared shards store that file, so the hash of the stored file
 and the identity are the same thing.
+
+BOS policy (`bos_policy`). Every piece of text growlm encodes — a training document, an SFT
+example, a `generate` prompt, an evaluation context or document — is encoded with the
+tokenizer's post-processor switched off, and the policy alone decides what goes in front:
+
+- `start`: the tokens that open every document, context and prompt. By default ("auto") they
+  are what the tokenizer's own post-processor puts before a text: `<s>` for the Llama-2 /
+  TinyLlama `tokenizer.json` layout, nothing for GPT-2's byte-level BPE. That is what
+  `transformers` gives on an exported folder and what lm-evaluation-harness (0.4.13,
+  `add_bos_token` unset) scores. "on" forces the tokenizer's BOS token (EOS for a tokenizer
+  whose one marker both ends and starts documents, as GPT-2's), "off" drops it.
+- `prefix_id`: the token the first token of a text is predicted from when the text brings
+  none (a rolling-perplexity document, an empty context): the BOS token when documents start
+  with it, else EOS, the token that precedes every document in training data.
+
+So a training document is `start + text + EOS`, an evaluation context is `start + text`, and a
+rolling-perplexity document is scored after `prefix_id`, never scoring a BOS itself: with
+`start = [<s>]` that is `<s> text`, the sequence the model saw in training. (lm-eval 0.4.13
+with its defaults would score a second `<s>` after the prefix there, a transition training
+never shows; growlm's windows equal lm-eval's with `add_bos_token=False` in that one case.)
+Trailing special tokens a post-processor adds (a final `</s>`) are never added to a context.
+
+The setting that persists is the tokenizer.json itself: it is stored with the shards, copied
+into every checkpoint and export, and read by `transformers` and lm-eval, so a run prepared
+with a tokenizer whose post-processor adds `<s>` (or not) is evaluated and prompted the same
+way without anyone repeating the choice. `growlm eval --bos` and `growlm generate --bos`
+override it for one command (e.g. to compare with an lm-eval run given another
+`add_bos_token`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -21,6 +50,12 @@ EOS_TOKEN = "<|endoftext|>"
 MIN_TRAIN_VOCAB = 258
 MAX_TRAIN_VOCAB = 2**22
 _EOS_CANDIDATES = (EOS_TOKEN, "<|end_of_text|>", "</s>", "<eos>", "<|eos|>", "[SEP]")
+# Tried in order for `bos = "on"` when the post-processor adds no BOS of its own.
+_BOS_CANDIDATES = ("<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>", "[CLS]")
+BOS_CHOICES = ("auto", "on", "off")
+# A model's vocabulary may be padded beyond the tokenizer's (e.g. 50257 → 50304, a multiple of
+# 64 that suits matmul kernels); a bigger gap means the two do not belong together.
+MAX_VOCAB_PADDING = 128
 
 
 def load_tokenizer(spec: str | Path) -> Tokenizer:
@@ -146,6 +181,77 @@ def eos_id(tok: Tokenizer) -> int:
             return int(idx)
     raise GrowlmError("the tokenizer has no end-of-document token (looked for "
                       + ", ".join(_EOS_CANDIDATES) + ")")
+
+
+def check_vocab_fit(model_vocab: int, tok: Tokenizer, where: str) -> None:
+    """A tokenizer fits a model when all its ids index the embedding and the model's padding
+    beyond it is small; GrowlmError otherwise (an out-of-range id would crash mid-run)."""
+    n_tok = vocab_size(tok)
+    if n_tok > model_vocab or model_vocab - n_tok >= MAX_VOCAB_PADDING:
+        raise GrowlmError(
+            f"{where}: the model's vocabulary ({model_vocab}) does not match the tokenizer's "
+            f"({n_tok}); the model may be at most {MAX_VOCAB_PADDING - 1} entries larger "
+            "(padding), never smaller — pass the tokenizer the model was trained with")
+
+
+@dataclass(frozen=True)
+class BosPolicy:
+    """What opens a document (see the module docstring); build one with `bos_policy`."""
+
+    start: tuple[int, ...]  # put before every document, context and prompt
+    eos_id: int | None  # ends every training document; None when the tokenizer has none
+
+    @property
+    def prefix_id(self) -> int:
+        """The token a text's first token is predicted from when the text brings none."""
+        if self.start:
+            return self.start[-1]
+        if self.eos_id is None:
+            raise GrowlmError("the tokenizer has neither a BOS token in front of its texts nor "
+                              "an end-of-document token (looked for "
+                              + ", ".join(_EOS_CANDIDATES) + ") to start a document with")
+        return self.eos_id
+
+    def encode(self, tok: Tokenizer, texts: Sequence[str], *, start: bool = True
+               ) -> list[list[int]]:
+        """Token ids of each text: `start` (unless start=False) + the text's own tokens, with
+        the tokenizer's post-processor switched off. `tok` may be a plain-text encoder copy
+        (`encoder_for_data`)."""
+        head = list(self.start) if start else []
+        return [head + e.ids for e in tok.encode_batch(list(texts), add_special_tokens=False)]
+
+
+def leading_special_ids(tok: Tokenizer) -> tuple[int, ...]:
+    """The special tokens the tokenizer's post-processor puts before a text (empty for GPT-2's
+    byte-level BPE, (<s>,) for the Llama-2 layout)."""
+    enc = tok.encode("a", add_special_tokens=True)
+    lead = []
+    for token_id, special in zip(enc.ids, enc.special_tokens_mask):
+        if not special:
+            break
+        lead.append(int(token_id))
+    return tuple(lead)
+
+
+def bos_policy(tok: Tokenizer, bos: str = "auto") -> BosPolicy:
+    """The BOS policy for `tok`: "auto" (what its post-processor adds), "on" (its BOS token,
+    GrowlmError when it has none) or "off" (nothing in front)."""
+    if bos not in BOS_CHOICES:
+        raise GrowlmError(f"bos = {bos!r}; allowed: {', '.join(BOS_CHOICES)}")
+    try:
+        eos = eos_id(tok)
+    except GrowlmError:
+        eos = None
+    start = leading_special_ids(tok) if bos != "off" else ()
+    if bos == "on" and not start:
+        # GPT-2 style tokenizers have one marker for a document's start and end.
+        found = [tok.token_to_id(t) for t in _BOS_CANDIDATES if tok.token_to_id(t) is not None]
+        found.append(eos)
+        if found[0] is None:
+            raise GrowlmError("bos = on, but the tokenizer has no BOS or end-of-document token "
+                              "(looked for " + ", ".join(_BOS_CANDIDATES + _EOS_CANDIDATES) + ")")
+        start = (int(found[0]),)
+    return BosPolicy(start=start, eos_id=eos)
 
 
 def encoder_for_data(tok: Tokenizer) -> Tokenizer:

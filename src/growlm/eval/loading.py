@@ -11,29 +11,24 @@ from pathlib import Path
 
 import torch
 
+from growlm.data.tokenizer import check_vocab_fit
 from growlm.errors import GrowlmError
 from growlm.model import ModelConfig, Transformer
 from growlm.model.llama import rope_tables
 
 TOKENIZER_FILE = "tokenizer.json"
-# A model's vocabulary may be padded beyond the tokenizer's (e.g. 50257 → 50304, a multiple of
-# 64 that suits matmul kernels); a bigger gap means the two do not belong together.
-MAX_VOCAB_PADDING = 128
 
 
 def load_tokenizer_file(path: str | os.PathLike):
     """A `tokenizers.Tokenizer` from a tokenizer.json file (or a folder holding one)."""
-    from tokenizers import Tokenizer
+    from growlm.data.tokenizer import load_tokenizer
 
     path = Path(path)
     if path.is_dir():
         path = path / TOKENIZER_FILE
     if not path.is_file():
         raise GrowlmError(f"tokenizer file {path} not found (expected a HF tokenizer.json)")
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as e:  # tokenizers raises plain Exceptions for bad JSON
-        raise GrowlmError(f"{path} is not a readable HF tokenizer.json: {e}") from None
+    return load_tokenizer(path)
 
 
 def merge_lora(state: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
@@ -55,13 +50,7 @@ def merge_lora(state: dict[str, torch.Tensor], scale: float) -> dict[str, torch.
 
 def check_vocab(cfg: ModelConfig, tokenizer, where: str) -> None:
     """A tokenizer fits a model when its ids fit the embedding and padding is small."""
-    n_tok = tokenizer.get_vocab_size(with_added_tokens=True)
-    if n_tok > cfg.vocab_size or cfg.vocab_size - n_tok >= MAX_VOCAB_PADDING:
-        raise GrowlmError(
-            f"{where}: the model's vocabulary ({cfg.vocab_size}) does not match the tokenizer's "
-            f"({n_tok}); the model may be at most {MAX_VOCAB_PADDING - 1} entries larger "
-            "(padding), never smaller — pass the tokenizer the model was trained with"
-        )
+    check_vocab_fit(cfg.vocab_size, tokenizer, where)
 
 
 def build_model(
@@ -126,9 +115,11 @@ def load_for_eval(
         folder = _resolve_growlm_checkpoint(path) or path
         cfg, state, meta = load_model_state(folder)
         info = {"source": "growlm", "path": str(folder)}
-        for key in ("stage", "stage_name", "global_step", "tokens", "flops"):
+        for key in ("stage_name", "global_step", "tokens", "flops"):
             if key in meta:
                 info[key] = meta[key]
+        if isinstance(meta.get("stage"), int):  # checkpoints count stages from 0, users from 1
+            info["stage"] = meta["stage"] + 1
         if any(".lora_" in k for k in state):
             adapters = meta.get("adapters") or {}
             if "scale" not in adapters:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from growlm.errors import GrowlmError
+from growlm.progress import progress as progress_bar
 
 
 def _unit_rows(m: torch.Tensor) -> torch.Tensor:
@@ -26,8 +27,9 @@ def _top_k(unit: torch.Tensor, lo: int, hi: int, k: int) -> torch.Tensor:
 
 
 def neighbour_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 100, chunk: int = 1024,
-                      per_token: bool = False):
-    """Mean top-k neighbour overlap (a float in [0, 1]); per-token overlaps too if asked."""
+                      per_token: bool = False, progress: bool = False, desc: str = "neighbours"):
+    """Mean top-k neighbour overlap (a float in [0, 1]); per-token overlaps too if asked.
+    `progress` reports the rows done (growlm.progress)."""
     if a.dim() != 2 or b.dim() != 2:
         raise GrowlmError("neighbour overlap needs two 2-D (vocabulary × width) matrices")
     if a.shape[0] != b.shape[0]:
@@ -39,12 +41,14 @@ def neighbour_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 100, chunk: int
                           f"the vocabulary size minus one ({vocab - 1})")
     ua, ub = _unit_rows(a), _unit_rows(b.to(a.device))
     overlaps = torch.empty(vocab, dtype=torch.float64)
-    for lo in range(0, vocab, chunk):
-        hi = min(lo + chunk, vocab)
-        na, nb = _top_k(ua, lo, hi, k), _top_k(ub, lo, hi, k)
-        member = torch.zeros(hi - lo, vocab, dtype=torch.bool, device=na.device)
-        member.scatter_(1, na, True)
-        overlaps[lo:hi] = member.gather(1, nb).sum(1).double().cpu() / k
+    with progress_bar(vocab, desc, enabled=progress, unit="tok") as bar:
+        for lo in range(0, vocab, chunk):
+            hi = min(lo + chunk, vocab)
+            na, nb = _top_k(ua, lo, hi, k), _top_k(ub, lo, hi, k)
+            member = torch.zeros(hi - lo, vocab, dtype=torch.bool, device=na.device)
+            member.scatter_(1, na, True)
+            overlaps[lo:hi] = member.gather(1, nb).sum(1).double().cpu() / k
+            bar.update(hi - lo)
     mean = float(overlaps.mean())
     return (mean, overlaps) if per_token else mean
 

@@ -1,8 +1,10 @@
 """Perplexity on held-out token shards and, document by document, on raw text (WikiText).
 
 Raw text follows lm-evaluation-harness's `loglikelihood_rolling`: each document is encoded on
-its own, a BOS/EOS token is put in front so the first token has something to condition on, and
-the document is cut into windows of at most `max_length` tokens. Every token is scored exactly
+its own (the tokenizer's post-processor off), the BOS policy's prefix token (growlm.data.
+tokenizer: BOS when documents start with it, else EOS) is put in front so the first token has
+something to condition on, and the document is cut into windows of at most `max_length`
+tokens. Only the document's own tokens are scored, never a BOS. Every token is scored exactly
 once. With `stride = max_length` (the default, lm-eval's setting) each window scores
 `max_length` new tokens; a smaller stride gives each scored token more context at more cost.
 The last window always keeps a full context.
@@ -22,24 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from growlm.data.tokenizer import bos_policy
 from growlm.errors import GrowlmError
 from growlm.eval.scoring import Request, max_context, score_requests
-
-# Special tokens, in order of preference, that can open a document (lm-eval uses BOS, else EOS).
-PREFIX_CANDIDATES = ("<|begin_of_text|>", "<s>", "<|endoftext|>", "<|end_of_text|>", "</s>",
-                     "<eos>")
-
-
-def prefix_token_id(tokenizer) -> int:
-    for token in PREFIX_CANDIDATES:
-        idx = tokenizer.token_to_id(token)
-        if idx is not None:
-            return int(idx)
-    raise GrowlmError(
-        f"the tokenizer has none of the document-start tokens {list(PREFIX_CANDIDATES)}; "
-        "pass prefix_token_id explicitly"
-    )
-
 
 # ---------------------------------------------------------------- rolling windows
 
@@ -87,17 +74,18 @@ def rolling_loglikelihoods(model, token_lists: Sequence[Sequence[int]], prefix_i
 def text_perplexity(model, tokenizer, documents: Sequence[str],
                     originals: Sequence[str] | None = None, *, max_length: int | None = None,
                     stride: int | None = None, batch_size: int = 32,
-                    prefix_id: int | None = None, progress: bool = False) -> dict:
+                    bos: str = "auto", progress: bool = False) -> dict:
     """Token, word and byte perplexity and bits-per-byte of `documents`, one at a time.
 
     Words (split on whitespace runs, as lm-eval does) and UTF-8 bytes are counted on
-    `originals` (default: the documents themselves).
+    `originals` (default: the documents themselves). `bos` is the BOS policy setting.
     """
     originals = documents if originals is None else originals
     if len(originals) != len(documents):
         raise ValueError("originals must pair one-to-one with documents")
-    prefix_id = prefix_token_id(tokenizer) if prefix_id is None else prefix_id
-    token_lists = [e.ids for e in tokenizer.encode_batch(list(documents))]
+    policy = bos_policy(tokenizer, bos)
+    prefix_id = policy.prefix_id
+    token_lists = policy.encode(tokenizer, documents, start=False)
     lls = rolling_loglikelihoods(model, token_lists, prefix_id, max_length, stride, batch_size,
                                  progress)
     ll = sum(lls)
@@ -182,6 +170,11 @@ def wikitext_perplexity(model, tokenizer, path: str | os.PathLike, limit: int | 
                         **kwargs) -> dict:
     """lm-eval's `wikitext` task on a raw WikiText file (e.g. wiki.test.raw)."""
     pages = read_wikitext(path)[:limit] if limit else read_wikitext(path)
+    return wikitext_pages_perplexity(model, tokenizer, pages, **kwargs)
+
+
+def wikitext_pages_perplexity(model, tokenizer, pages: Sequence[str], **kwargs) -> dict:
+    """lm-eval's `wikitext` task on pages already split from a raw WikiText file."""
     return text_perplexity(model, tokenizer, [wikitext_detokenize(p) for p in pages], pages,
                            **kwargs)
 
@@ -216,9 +209,9 @@ def token_perplexity(model, tokens, seq_len: int | None = None, batch_size: int 
             "windows": len(requests)}
 
 
-def shard_perplexity(model, shards_path: str | os.PathLike, split: str = "val",
-                     **kwargs) -> dict:
-    """`token_perplexity` on one split of a prepared growlm shard directory."""
+def shard_tokens(model, shards_path: str | os.PathLike, split: str = "val"):
+    """One split of a prepared growlm shard directory as a 1-D token array, checked to fit the
+    model's vocabulary."""
     try:
         from growlm.data.shards import open_shards
     except ImportError:
@@ -228,4 +221,10 @@ def shard_perplexity(model, shards_path: str | os.PathLike, split: str = "val",
     if vocab is not None and shards.vocab_size > vocab:
         raise GrowlmError(f"shards {shards_path} use a {shards.vocab_size}-token vocabulary but "
                           f"the model has {vocab}; evaluate with shards of the model's tokenizer")
-    return token_perplexity(model, shards.tokens(split), **kwargs)
+    return shards.tokens(split)
+
+
+def shard_perplexity(model, shards_path: str | os.PathLike, split: str = "val",
+                     **kwargs) -> dict:
+    """`token_perplexity` on one split of a prepared growlm shard directory."""
+    return token_perplexity(model, shard_tokens(model, shards_path, split), **kwargs)

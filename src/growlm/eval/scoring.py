@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from growlm.model import Transformer
 from growlm.model.llama import apply_rope
 from growlm.model.loss import chunk_positions, logprob_of_targets, token_logprobs
+from growlm.progress import progress as progress_bar
 
 Request = tuple[Sequence[int], Sequence[int]]
 
@@ -198,8 +199,6 @@ def score_requests(
     a row (growlm Transformers only). Batches hold at most `batch_size` rows and, when given,
     at most `max_batch_tokens` padded tokens.
     """
-    from tqdm.auto import tqdm
-
     max_length = max_length or max_context(model)
     device = model_device(model)
     unique: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
@@ -211,7 +210,7 @@ def score_requests(
     rows.sort(key=lambda r: -r.length)
     sums = torch.zeros(len(keys), dtype=torch.float64)
     misses = torch.zeros(len(keys), dtype=torch.long)
-    bar = tqdm(total=len(todo), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(len(todo), desc, enabled=progress, unit="seq")
     pos = 0
     while pos < len(rows):
         n = batch_size

@@ -17,18 +17,22 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from growlm.eval.perplexity import prefix_token_id
+from growlm.data.tokenizer import BosPolicy, bos_policy
 from growlm.eval.scoring import Request, score_requests
 from growlm.eval.tasks import Example, Task, get_task, load_examples
 
 
-def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[Request]:
+def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]],
+                 policy: BosPolicy | None = None) -> list[Request]:
     """Token ids of each (context, continuation), split the way lm-eval splits them.
 
     Trailing whitespace of the context moves to the continuation; context + continuation is
     encoded as one string and the continuation is what follows the context's own tokens, so
-    the tokens at the seam are those the model would see in running text.
+    the tokens at the seam are those the model would see in running text. Both encodings open
+    with the BOS policy's `start` tokens (growlm.data.tokenizer); an empty context becomes
+    the policy's prefix token, unless the continuation itself starts with it (lm-eval's rule).
     """
+    policy = policy or bos_policy(tokenizer)
     moved = []
     for ctx, cont in pairs:
         n_space = len(ctx) - len(ctx.rstrip())
@@ -36,13 +40,16 @@ def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[Request]:
             ctx, cont = ctx[:-n_space], ctx[-n_space:] + cont
         moved.append((ctx, cont))
     texts = sorted({c for c, _ in moved if c} | {c + k for c, k in moved if c})
-    ids = dict(zip(texts, (e.ids for e in tokenizer.encode_batch(texts))))
+    ids = dict(zip(texts, policy.encode(tokenizer, texts)))
     out: list[Request] = []
     for ctx, cont in moved:
         if not ctx:
-            # lm-eval conditions an empty context on the BOS/EOS token.
-            cont_ids = tokenizer.encode(cont, add_special_tokens=False).ids
-            out.append(([prefix_token_id(tokenizer)], cont_ids))
+            cont_ids = policy.encode(tokenizer, [cont], start=False)[0]
+            prefix = policy.prefix_id
+            if cont_ids and cont_ids[0] == prefix:
+                out.append((cont_ids[:1], cont_ids[1:]))
+            else:
+                out.append(([prefix], cont_ids))
             continue
         ctx_ids = ids[ctx]
         out.append((ctx_ids, ids[ctx + cont][len(ctx_ids):]))
@@ -80,11 +87,12 @@ def score_examples(task: Task, examples: Sequence[Example], lls: Sequence[float]
 
 def evaluate_task(model, tokenizer, task: Task | str, examples: Sequence[Example],
                   batch_size: int = 32, progress: bool = False,
-                  max_length: int | None = None) -> dict:
-    """acc (and acc_norm / perplexity where the task has them) of `model` on `examples`."""
+                  max_length: int | None = None, bos: str = "auto") -> dict:
+    """acc (and acc_norm / perplexity where the task has them) of `model` on `examples`;
+    `bos` is the BOS policy setting (growlm.data.tokenizer.bos_policy)."""
     task = get_task(task) if isinstance(task, str) else task
     pairs = [p for ex in examples for p in ex.pairs]
-    requests = encode_pairs(tokenizer, pairs)
+    requests = encode_pairs(tokenizer, pairs, bos_policy(tokenizer, bos))
     scored = score_requests(model, requests, batch_size=batch_size, max_length=max_length,
                             progress=progress, desc=task.name)
     return score_examples(task, examples, [s for s, _ in scored], [g for _, g in scored])
@@ -92,7 +100,8 @@ def evaluate_task(model, tokenizer, task: Task | str, examples: Sequence[Example
 
 def run_task(model, tokenizer, name: str, data_dir=None, source: str = "local",
              limit: int | None = None, batch_size: int = 32, progress: bool = False,
-             max_length: int | None = None) -> dict:
+             max_length: int | None = None, bos: str = "auto") -> dict:
     task = get_task(name)
     examples = load_examples(task.name, data_dir=data_dir, source=source, limit=limit)
-    return evaluate_task(model, tokenizer, task, examples, batch_size, progress, max_length)
+    return evaluate_task(model, tokenizer, task, examples, batch_size, progress, max_length,
+                         bos)

@@ -29,31 +29,38 @@ def vocab_tensors(run: Run) -> dict:
     return out
 
 
-def overlap_table(runs: Sequence[Run], baseline: Run, k: int = 100) -> list[tuple[str, float | None, float | None]]:
+def overlap_table(runs: Sequence[Run], baseline: Run, k: int = 100, progress: bool = True
+                  ) -> list[tuple[str, float | None, float | None]]:
     """(run, embedding overlap, head overlap) with the baseline for every other run.
 
-    A run without a readable checkpoint gets None (it is reported, not fatal)."""
+    A run without a readable checkpoint gets None (it is reported, not fatal). `progress`
+    reports each run and matrix as it is compared (growlm.progress)."""
     from growlm.eval.neighbours import neighbour_overlap
+    from growlm.progress import progress as progress_bar
 
     try:
         base = vocab_tensors(baseline)
     except GrowlmError as e:
         raise GrowlmError(f"neighbour overlap needs the baseline's checkpoint: {e}") from None
     rows = []
-    for run in runs:
-        if run is baseline:
-            continue
-        try:
-            mats = vocab_tensors(run)
-        except GrowlmError:
-            rows.append((run.name, None, None))
-            continue
-        values = []
-        for name in MATRICES:
-            a, b = base.get(name), mats.get(name)
-            if a is None or b is None or a.shape[0] != b.shape[0]:
-                values.append(None)
+    others = [run for run in runs if run is not baseline]
+    with progress_bar(len(others) * len(MATRICES), "neighbour overlap", enabled=progress,
+                      unit="matrix") as bar:
+        for run in others:
+            try:
+                mats = vocab_tensors(run)
+            except GrowlmError:
+                rows.append((run.name, None, None))
+                bar.update(len(MATRICES))
                 continue
-            values.append(neighbour_overlap(a, b, k=min(k, a.shape[0] - 1)))
-        rows.append((run.name, *values))
+            values = []
+            for name in MATRICES:
+                bar.set_postfix(run=run.name, matrix=name)
+                a, b = base.get(name), mats.get(name)
+                if a is None or b is None or a.shape[0] != b.shape[0]:
+                    values.append(None)
+                else:
+                    values.append(neighbour_overlap(a, b, k=min(k, a.shape[0] - 1)))
+                bar.update(1)
+            rows.append((run.name, *values))
     return rows

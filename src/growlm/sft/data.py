@@ -12,13 +12,14 @@ Record formats (decided by the first record unless given):
 
 Tokenized layout of one example (`tokenize_records`)::
 
-    EOS  prompt tokens  response tokens  EOS  [prompt  response  EOS ...]
-    ---  -------------  ------------------------  ...
-    masked (no loss)    loss
+    START  prompt tokens  response tokens  EOS  [prompt  response  EOS ...]
+    -------------------  ------------------------  ...
+    masked (no loss)     loss
 
-The leading EOS marks the start of a document, as in pretraining shards where every document
-follows an EOS. Prompt and response are tokenized separately, so the prompt's tokens are the
-same ones `growlm generate` feeds the model, and the prompt/response boundary is exact.
+START is the BOS policy's start (growlm.data.tokenizer): `<s>` for a Llama-2-layout tokenizer,
+nothing for GPT-2's, exactly as in pretraining documents. Prompt and response are tokenized
+separately, so the prompt's tokens are the same ones `growlm generate` feeds the model, and
+the prompt/response boundary is exact.
 Literal special-token text inside records (e.g. "<|endoftext|>") is encoded as plain text.
 """
 
@@ -28,13 +29,14 @@ import hashlib
 import json
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
 
+from growlm.data.tokenizer import bos_policy
 from growlm.errors import GrowlmError
 from growlm.sft.template import ROLES, Segment, Template
 
@@ -287,10 +289,10 @@ def text_encoder(tokenizer: Tokenizer) -> Tokenizer:
 
 
 def encode_example(
-    segments: list[Segment], ids_of: list[list[int]], eos: int
+    segments: list[Segment], ids_of: list[list[int]], eos: int, start: Sequence[int] = ()
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Assemble [EOS] + segments (+ EOS after each trained one) and the target mask."""
-    tokens, train = [eos], [False]
+    """Assemble start + segments (+ EOS after each trained one) and the target mask."""
+    tokens, train = list(start), [False] * len(start)
     for seg, ids in zip(segments, ids_of):
         tokens += ids
         train += [seg.train] * len(ids)
@@ -318,6 +320,7 @@ def tokenize_records(
     rendered = [r.render(template) for r in records]
     texts = [s.text for segs in rendered for s in segs]
     encoded = text_encoder(tokenizer).encode_batch(texts, add_special_tokens=False)
+    start = bos_policy(tokenizer).start
     limit = seq_len + 1
     tokens, train = [], []
     n_over = n_trunc = n_drop = 0
@@ -325,7 +328,7 @@ def tokenize_records(
     for segs in rendered:
         ids = [encoded[k + j].ids for j in range(len(segs))]
         k += len(segs)
-        toks, mask = encode_example(segs, ids, eos_id)
+        toks, mask = encode_example(segs, ids, eos_id, start)
         if len(toks) > limit:
             n_over += 1
             if overlong == "drop" or not mask[:limit].any():

@@ -6,9 +6,14 @@ temperature and nucleus (top-p, Holtzman et al. 2020) filtering; it stops at EOS
 --max-new-tokens. There is no KV cache (growlm's models are small): each step re-runs the
 model on the last max_seq_len tokens.
 
-The prompt is preceded by EOS (the document separator of pretraining, and the first token of
-every SFT example). With --template, the prompt is the instruction of an Alpaca-style record
-and the model continues after the template's response marker, as after SFT.
+The prompt is encoded by the BOS policy (growlm.data.tokenizer), as training data and SFT
+examples are: the tokenizer's post-processor is off and the policy's start tokens go in front
+— `<s>` for a Llama-2-layout tokenizer, nothing for GPT-2's byte-level BPE (--bos on|off
+overrides). These are the ids `transformers` gives for the prompt on the exported folder, so
+both continue the same sequence. An empty prompt starts from the policy's prefix token (BOS,
+else EOS), i.e. a fresh document. Special-token text inside the prompt is encoded as plain text.
+With --template, the prompt is the instruction of an Alpaca-style record and the model
+continues after the template's response marker, as after SFT.
 """
 
 from __future__ import annotations
@@ -44,7 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--bos", default="auto", choices=("auto", "on", "off"),
+                        help="BOS token before the prompt: auto = what the tokenizer's "
+                             "post-processor adds, as in training data (default: auto)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where to run the model (default: cuda when available)")
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:
@@ -86,9 +95,10 @@ def load_for_generation(
         raise GrowlmError(
             f"{source}: no tokenizer.json found beside the weights; generation needs it"
         )
-    from growlm.data.tokenizer import load_tokenizer
+    from growlm.data.tokenizer import check_vocab_fit, load_tokenizer
 
     tokenizer = load_tokenizer(tok_path)
+    check_vocab_fit(cfg.vocab_size, tokenizer, str(source))
     with torch.device("meta"):
         model = Transformer(cfg)
     model.to_empty(device="cpu")
@@ -160,19 +170,29 @@ def generate_text(
     temperature: float = 0.0,  # noqa: A002
     top_p: float = 1.0,
     seed: int = 0,
+    bos: str = "auto",
 ) -> str:
-    """The model's continuation of `prompt` (wrapped in `template` when given)."""
-    from growlm.data.tokenizer import eos_id as find_eos
-    from growlm.sft.data import text_encoder
+    """The model's continuation of `prompt` (wrapped in `template` when given); `bos` is the
+    BOS policy setting (growlm.data.tokenizer.bos_policy)."""
+    from growlm.data.tokenizer import bos_policy
 
     if template is not None:
         from growlm.sft.template import load_template
 
         prompt = load_template(template).prompt_text(prompt, input)
-    eos = find_eos(tokenizer)
-    ids = [eos] + text_encoder(tokenizer).encode(prompt, add_special_tokens=False).ids
-    new = generate_ids(model, ids, max_new_tokens, temperature, top_p, eos, seed)
+    policy = bos_policy(tokenizer, bos)
+    ids = prompt_ids(tokenizer, prompt, policy)
+    new = generate_ids(model, ids, max_new_tokens, temperature, top_p, policy.eos_id, seed)
     return tokenizer.decode(new)
+
+
+def prompt_ids(tokenizer: Tokenizer, prompt: str, policy) -> list[int]:
+    """The ids generation continues: the policy's start tokens + the prompt as plain text, or
+    the prefix token alone for an empty prompt (a fresh document)."""
+    from growlm.data.tokenizer import encoder_for_data
+
+    ids = policy.encode(encoder_for_data(tokenizer), [prompt])[0]
+    return ids or [policy.prefix_id]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -195,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
+        bos=args.bos,
     )
     sys.stdout.write(text + "\n")
     return 0
