@@ -96,6 +96,9 @@ def prepare(out_dir: str | Path, inputs: Sequence[str | Path | HFDataset], *,
     val_described = [s.describe() for s in val_sources]
     tok_identity = (tk.tokenizer_sha256(tok) if tok is not None else
                     {"train_vocab": train_vocab, "sample_chars": tokenizer_sample_chars})
+    if tok is not None and tk.bos_policy(tok).start:
+        # shards made before documents began with the tokenizer's BOS are not up to date
+        tok_identity = {"sha256": tok_identity, "doc_start": list(tk.bos_policy(tok).start)}
     fingerprint = _fingerprint(described, val_described, tok_identity, options)
 
     if _up_to_date(out, fingerprint, overwrite, log):

@@ -118,8 +118,8 @@ def load_for_eval(
         for key in ("stage_name", "global_step", "tokens", "flops"):
             if key in meta:
                 info[key] = meta[key]
-        if isinstance(meta.get("stage"), int):  # checkpoints count stages from 0, users from 1
-            info["stage"] = meta["stage"] + 1
+        if isinstance(meta.get("stage"), int):  # meta.json counts stages from 1, as users do
+            info["stage"] = meta["stage"]
         if any(".lora_" in k for k in state):
             adapters = meta.get("adapters") or {}
             if "scale" not in adapters:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from growlm.model.llama import cross_entropy
 from growlm.sft.data import SFTData
 from growlm.sft.loader import SFTLoader, padded_batches
+from growlm.train.step import IGNORE_INDEX, token_loss_sum
 from growlm.train.trainer import Trainer
 
 
@@ -52,9 +52,7 @@ class SFTTrainer(Trainer):
         ):
             x, y = x.to(self.device), y.to(self.device)
             with self.autocast():
-                logits = model(x)
-            n = int((y != -100).sum())
-            total += cross_entropy(logits, y).item() * n
-            count += n
+                total += float(token_loss_sum(model, x, y))
+            count += int((y != IGNORE_INDEX).sum())
         model.train(was_training)
         return total / count

@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 IGNORE_INDEX = -100  # targets that carry no loss (padding, prompts in instruction tuning)
 
@@ -33,10 +32,9 @@ class StepResult:
 
 def token_loss_sum(module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Sum of next-token cross-entropies over the targets of `y` that are not IGNORE_INDEX
-    (fp32 scalar); x, y: (batch, seq) token ids."""
-    logits = module(x)
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(0, 1), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
+    (fp32 scalar); x, y: (batch, seq) token ids. The model takes the loss itself, in chunks,
+    so the (batch, seq, vocab) logits never exist (growlm.model.loss)."""
+    return module(x, labels=y)
 
 
 def train_step(built, batches: list[tuple[torch.Tensor, torch.Tensor]], *, lr: float,
