@@ -70,6 +70,7 @@ def test_tensorboard_curves_on_steps_tokens_and_flops(tmp_path):
     tokens = _scalars(root / "tokens")
     assert tokens["val/loss_vs_tokens"] == [(2000, 5.8), (4000, 5.6)]
     assert tokens["train/loss_vs_tokens"][0] == (1000, 4.9)
+    assert "train/lr_vs_tokens" not in tokens  # only losses and scores get the extra axes
     gflops = _scalars(root / "gflops")
     assert gflops["val/loss_vs_gflops"] == [(600, 5.8), (1200, 5.6)]
     assert gflops["tasks/piqa/acc_norm_vs_gflops"] == [(1200, 0.55)]
@@ -150,6 +151,17 @@ def test_wandb_resume_continues_the_same_run(tmp_path, offline_wandb):
     assert writer._wandb.id != first
     writer.close()
     assert json.loads((tmp_path / TRACKING_FILE).read_text())["wandb"]["id"] != first
+
+
+def test_wandb_switched_on_when_resuming_gets_the_earlier_records(tmp_path, offline_wandb):
+    path = tmp_path / "metrics.jsonl"
+    writer = MetricsWriter(path)  # the run started without wandb
+    _log_run(writer, range(1, 5))
+    writer.close()
+    writer = MetricsWriter(path, wandb=True, config=RECIPE)
+    assert writer._wandb.summary["val/loss"] == pytest.approx(5.6)
+    assert writer._wandb.summary["step"] == 4
+    writer.close()
 
 
 def test_missing_wandb_is_refused(tmp_path, monkeypatch):

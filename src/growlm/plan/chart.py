@@ -34,6 +34,7 @@ def plot_plan(plan: dict, path: Path, formats: Sequence[str] = ()) -> Path:
     other formats (plan.svg, plan.pdf). Each file is written atomically."""
     from matplotlib import rc_context
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.container import BarContainer
     from matplotlib.figure import Figure
 
     path = Path(path)
@@ -49,7 +50,10 @@ def plot_plan(plan: dict, path: Path, formats: Sequence[str] = ()) -> Path:
             ax.set_xticks(range(len(names)), names)
             ax.grid(axis="y", alpha=0.3)
             ax.set_axisbelow(True)
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
+            handles, labels = ax.get_legend_handles_labels()
+            order = sorted(range(len(handles)), key=lambda i: not isinstance(handles[i], BarContainer))
+            ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper center",
+                      bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)  # bars first
         fig.suptitle(f"growlm plan: {plan['run']}")
         for fmt in dict.fromkeys([path.suffix.lstrip(".") or "png", *formats]):
             buffer = io.BytesIO()
@@ -61,17 +65,19 @@ def plot_plan(plan: dict, path: Path, formats: Sequence[str] = ()) -> Path:
 
 def _memory_panel(ax, entries: list[dict], stages: list[dict]) -> None:
     x = range(len(entries))
-    state = [e["memory"]["model_state_bytes"] / GIB for e in entries]
-    act = [e["memory"]["activation_bytes"] / GIB for e in entries]
-    ckpt = [e["memory"]["total_bytes_checkpointed"] / GIB for e in entries]
+    top = max(e["memory"]["model_state_bytes"] + e["memory"]["activation_bytes"] for e in entries)
+    unit, scale = ("GiB", GIB) if top >= GIB else ("MiB", 2**20)
+    state = [e["memory"]["model_state_bytes"] / scale for e in entries]
+    act = [e["memory"]["activation_bytes"] / scale for e in entries]
+    ckpt = [e["memory"]["total_bytes_checkpointed"] / scale for e in entries]
     ax.bar(x, state, color="#4C72B0", label="model state, estimated")
     ax.bar(x, act, bottom=state, color="#A6BDDB", label="+ activations, estimated")
     ax.scatter(x, ckpt, marker="_", s=500, linewidths=2, color="black", zorder=3,
                label="peak with act. checkpointing, est.")
     current = any((s.get("measured") or {}).get(k) for s in stages for k, _, _ in MEASURED[:2])
     for key, label, marker in MEASURED if not current else MEASURED[:2]:
-        _measured(ax, stages, key, GIB, label, marker)
-    ax.set_ylabel("GiB")
+        _measured(ax, stages, key, scale, label, marker)
+    ax.set_ylabel(unit)
     ax.set_title("memory per stage (bf16 weights, fp32 Adam)")
 
 

@@ -111,13 +111,14 @@ def _boundaries(ax, run: Run, x: str, colour) -> None:
 
 def log_x(ax, values: Sequence[float]) -> None:
     """A log x-axis whose labels never overlap: powers of ten, and within a span of under two
-    decades also 2× and 5× (as 2×10¹³); the other multiples are unlabelled minor ticks."""
+    decades also 2× and 5× (as 2×10¹³), within one decade 3× and 7× too; the other multiples
+    are unlabelled minor ticks."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ax.set_xscale("log")
     positive = [v for v in values if v > 0]
     span = max(positive) / min(positive) if positive else 1.0
-    subs = (1.0, 2.0, 5.0) if span < 100 else (1.0,)
+    subs = (1.0, 2.0, 3.0, 5.0, 7.0) if span < 10 else (1.0, 2.0, 5.0) if span < 100 else (1.0,)
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
     ax.xaxis.set_major_formatter(FuncFormatter(_power_of_ten))
     ax.xaxis.set_minor_locator(LogLocator(base=10, subs=[s for s in range(2, 10) if s not in subs]))
@@ -265,7 +266,7 @@ def memory(runs: Sequence[Run], out: Path, formats: Sequence[str] = ("png",)):
     labels, pos, top = [], 0.0, 0.0
     with rc_context(STYLE):
         for r, s in stages:
-            if labels and labels[-1][1].split(":")[0] != r.name:
+            if labels and labels[-1][1].rsplit(":", 1)[0] != r.name:
                 pos += 0.4  # a gap between runs
             for i, k in enumerate(keys):
                 value = s["memory"][k]
@@ -275,7 +276,8 @@ def memory(runs: Sequence[Run], out: Path, formats: Sequence[str] = ("png",)):
                             **MEMORY_STYLE[k])
                     ax.text(value / 2**20, y, f" {fmt_bytes(value)}", va="center", fontsize=8)
                     top = max(top, value / 2**20)
-            labels.append((pos, f"{r.name}: {s['stage']} {s['name']}"))
+            running = "" if s["done"] else " (running)"
+            labels.append((pos, f"{r.name}: {s['stage']} {s['name']}{running}"))
             pos += 1
         ax.set_yticks([p for p, _ in labels], [t for _, t in labels])
         ax.set_xlim(0, top * 1.18 or 1)  # room for the value labels

@@ -41,7 +41,9 @@ CURVES = {"step": (("loss", "train/loss"), ("lr", "train/lr"), ("grad_norm", "tr
 X_AXES = ("step", "tokens", "flops", "flops_seed")
 # Counts in a benchmark's results (examples, tokens scored, word-similarity pairs kept) are
 # constant from one evaluation to the next: not curves.
-TASK_COUNTS = ("n", "tokens", "documents", "words", "bytes", "kept", "total", "coverage")
+TASK_COUNTS = ("n", "tokens", "documents", "words", "bytes", "windows", "kept", "total", "coverage")
+# The curves also drawn against tokens and FLOPs (the others only against steps).
+ALT_AXIS_CURVES = ("train/loss", "val/loss", "tasks/")
 WANDB_DEFAULTS = {"wandb_project": "growlm", "wandb_entity": None, "wandb_name": None,
                   "wandb_group": None, "wandb_tags": (), "wandb_notes": None}
 
@@ -287,8 +289,8 @@ def _tensorboard_log(writers: dict, record: dict, curves: dict[str, float]) -> N
         return
     for tag, value in curves.items():
         writers["steps"].add_scalar(tag, value, step)
-        if tag.startswith("memory/"):
-            continue  # one value per stage: the step axis is enough
+        if not tag.startswith(ALT_AXIS_CURVES):
+            continue
         for axis in ("tokens", "gflops"):
             suffix, field, scale = TB_AXES[axis]
             x = record.get(field)
