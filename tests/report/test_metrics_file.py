@@ -55,7 +55,7 @@ def test_records_are_standard_json(tmp_path):
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"kind": "step", "step": 1, "loss": None, "grad_norm": None,
-                                "nested": {"x": None}}
+                                "nested": {"x": None}, "nonfinite": {"loss": "nan", "grad_norm": "inf"}}
 
 
 def test_a_torn_line_does_not_glue_onto_the_next_record(tmp_path):
@@ -123,4 +123,4 @@ def test_truncate_drops_garbage_and_writes_standard_json(tmp_path):
     path.write_bytes(b'{"kind": "step", "step": 1, "loss": NaN}\nxx\n')
     with pytest.warns(UserWarning, match="line 2"):
         MetricsWriter.truncate(path, 5, 0)
-    assert path.read_text() == '{"kind": "step", "step": 1, "loss": null}\n'
+    assert path.read_text() == '{"kind": "step", "step": 1, "loss": null, "nonfinite": {"loss": "nan"}}\n'

@@ -13,6 +13,7 @@ installed, or a wandb run that cannot start, is refused before the first step.
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -95,6 +96,13 @@ def _write_records(path: Path, records: list[dict]) -> None:
 
 
 def _line(record: dict) -> str:
+    """One standard-JSON line. A non-finite number becomes null, and the record says what it
+    was in "nonfinite" ({"loss": "nan"}), so a NaN step stays distinguishable from a missing
+    value."""
+    bad = {k: ("nan" if v != v else "inf" if v > 0 else "-inf") for k, v in record.items()
+           if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        record = {**record, "nonfinite": {**(record.get("nonfinite") or {}), **bad}}
     return json.dumps(to_json_safe(record), allow_nan=False) + "\n"
 
 
