@@ -109,13 +109,15 @@ def test_truncate_keeps_what_came_before_the_checkpoint(tmp_path, first):
     path = tmp_path / "metrics.jsonl"
     records = _two_stage_records(first)
     path.write_bytes(_lines(*records))
-    # the boundary checkpoint at step 4: stage 1 complete, stage 2 is redone from its start
+    # the boundary checkpoint at step 4: stage 1 complete, stage 2 is redone from its start;
+    # the rollback happened and stays on record
     MetricsWriter.truncate(path, 4, first)
-    assert read_metrics(path) == records[:9]
+    assert read_metrics(path) == records[:9] + [records[11]]
     # a mid-stage checkpoint at step 2: stage 1's end (and all after it) is dropped
     MetricsWriter.truncate(path, 2, first)
     kept = read_metrics(path)
-    assert [(r["kind"], r["step"]) for r in kept] == [("stage", 0), ("step", 1), ("step", 2), ("eval", 2)]
+    assert [(r["kind"], r["step"]) for r in kept] == [("stage", 0), ("step", 1), ("step", 2), ("eval", 2),
+                                                      ("rollback", 4)]
 
 
 def test_truncate_drops_garbage_and_writes_standard_json(tmp_path):

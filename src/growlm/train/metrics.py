@@ -151,15 +151,16 @@ class MetricsWriter:
         """Drop the records written after the checkpoint at `global_step` (they are redone).
 
         Step, eval, tasks and stage-end records at that step were written before its
-        checkpoint and stay; stage-start and rollback records at that step were written after
-        it (the next stage's start, a rollback to it) and go. The rule needs no stage number,
-        so it holds however the stages are counted; `stage` is accepted and unused."""
+        checkpoint and stay; a stage-start record at that step is the next stage's, written
+        after the checkpoint, and goes (the stage starts again). Rollback records stay: each
+        is an event that happened, even when the run then went back past it. The rule needs
+        no stage number, so it holds however stages are counted; `stage` is unused."""
         path = Path(path)
         kept = []
         for r in read_metrics(path):
             step = r.get("step", 0)
-            after_checkpoint = (r.get("kind") == "stage" and r.get("event") == "start") or r.get("kind") == "rollback"
-            if step < global_step or (step == global_step and not after_checkpoint):
+            redone = r.get("kind") == "stage" and r.get("event") == "start"
+            if step < global_step or (step == global_step and not redone) or r.get("kind") == "rollback":
                 kept.append(r)
         _write_records(path, kept)
 
