@@ -284,8 +284,10 @@ def test_skip_policy_counts_nan_inf_and_gradient_faults(shards, tmp_path, monkey
     rows = step_records(trainer.out)
     assert summary["skipped_steps"] == 3 and summary["steps"] == 6
     assert [r["skipped_steps"] for r in rows] == [0, 1, 2, 2, 3, 3]
-    assert math.isnan(rows[1]["loss"]) and math.isinf(rows[2]["loss"])
-    assert math.isfinite(rows[4]["loss"]) and math.isnan(rows[4]["grad_norm"])
+    # metrics.jsonl is standard JSON: a non-finite number is null, "nonfinite" says which it was
+    assert rows[1]["loss"] is None and rows[1]["nonfinite"]["loss"] == "nan"
+    assert rows[2]["loss"] is None and rows[2]["nonfinite"]["loss"] == "inf"
+    assert math.isfinite(rows[4]["loss"]) and rows[4]["nonfinite"] == {"grad_norm": "nan"}
     assert all(math.isfinite(rows[i]["loss"]) for i in (0, 3, 5))
     _, state, _ = ckpt.load_model_state(trainer.out)
     assert all(torch.isfinite(t).all() for t in state.values()), "no garbage reached the weights"

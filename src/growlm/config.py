@@ -56,6 +56,14 @@ class RunSection(_Strict):
     disk_budget: int | None = None  # bytes ("20GiB"): warn before training if checkpoints may not fit
     tensorboard: bool = False
     wandb: bool = False
+    # wandb: where the run goes and how it is labelled (docs/metrics.md); the recipe is sent as
+    # the run's config, and a resumed run continues the same wandb run
+    wandb_project: str = "growlm"
+    wandb_entity: str | None = None
+    wandb_name: str | None = None  # default: run.name
+    wandb_group: str | None = None
+    wandb_tags: list[str] = Field(default_factory=list)
+    wandb_notes: str | None = None
     # Multi-process runs (torchrun): how the model is replicated or sharded across ranks.
     distributed: Literal["none", "ddp", "fsdp"] = "ddp"
     activation_checkpointing: bool = False  # recompute each block's activations in backward

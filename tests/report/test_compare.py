@@ -11,7 +11,7 @@ from growlm.report import flops_to_target, format_table, load_run, write_report
 BASE_CURVE = [(1e12, 4.0), (1e13, 3.0), (1e14, 2.5)]
 # stage 1 (small model) then stage 2; crosses 2.5 between 2e13 (2.9) and 5e13 (2.3): 2/3 of the way
 STAGED_CURVE = [(1e12, 4.5), (1e13, 3.5), (2e13, 2.9), (5e13, 2.3), (8e13, 2.2)]
-STAGED_STAGES = [0, 0, 1, 1, 1]
+STAGED_STAGES = [1, 1, 2, 2, 2]
 
 
 # ---------------------------------------------------------------- interpolation
@@ -70,17 +70,17 @@ def test_flops_to_baseline_loss_includes_stage_one_and_gives_the_saving(runs_roo
     assert r.flops_to_target == pytest.approx(expected, rel=1e-12)
     assert r.saving == pytest.approx(1 - expected / 1e14, rel=1e-12)
     assert r.final_val_loss == 2.2 and r.delta_loss == pytest.approx(-0.3)
-    assert r.flops == 8e13 and r.flops_seed == pytest.approx(7.2e13)
+    assert r.flops == 8e13 and r.flops_6nd == pytest.approx(7.2e13)
 
 
 def test_a_small_first_stage_below_the_target_does_not_count(runs_root, shards, make_run):
     base = make_run(runs_root, "standard", BASE_CURVE, shards=shards)
     # stage 1 dips to 2.0 (under the 2.5 target), the grown model starts at 2.6 and crosses later
     curve = [(1e12, 3.0), (5e12, 2.0), (2e13, 2.6), (4e13, 2.4), (6e13, 2.3)]
-    dips = make_run(runs_root, "dips", curve, n_stages=2, stage_of_point=[0, 0, 1, 1, 1], shards=shards)
+    dips = make_run(runs_root, "dips", curve, n_stages=2, stage_of_point=[1, 1, 2, 2, 2], shards=shards)
     # already below the target at the grown model's first evaluation: an upper bound
     early = make_run(runs_root, "early", [(1e12, 2.2), (3e13, 2.4), (6e13, 2.1)], n_stages=2,
-                     stage_of_point=[0, 1, 1], shards=shards)
+                     stage_of_point=[1, 2, 2], shards=shards)
     # still in stage 1 of 2: the final model has no evaluation yet
     running = make_run(runs_root, "running", [(1e12, 2.0)], n_stages=2, stage_ends=[],
                        shards=shards)
@@ -94,7 +94,7 @@ def test_a_small_first_stage_below_the_target_does_not_count(runs_root, shards, 
 def test_seed_formula_flops_can_be_chosen(runs_root, shards, make_run):
     base, staged = _pair(make_run, runs_root, shards)
     runs, b = cmp.load_runs([staged], base)
-    row = cmp.summarize(runs, b, interp="linear", flops="seed")[1]
+    row = cmp.summarize(runs, b, interp="linear", flops="6nd")[1]
     assert row.flops_to_target == pytest.approx(0.9 * 4e13)
     with pytest.raises(GrowlmError, match="unknown FLOPs count"):
         cmp.summarize(runs, b, flops="other")
@@ -126,8 +126,8 @@ def test_baseline_given_twice_is_counted_once(runs_root, shards, make_run):
 
 def test_in_progress_run_is_shown_as_such(runs_root, shards, tmp_path, make_run):
     base, _ = _pair(make_run, runs_root, shards)
-    partial = make_run(runs_root, "partial", STAGED_CURVE[:3], n_stages=2, stage_of_point=[0, 0, 1],
-                       stage_ends=[0], shards=shards)
+    partial = make_run(runs_root, "partial", STAGED_CURVE[:3], n_stages=2, stage_of_point=[1, 1, 2],
+                       stage_ends=[1], shards=shards)
     run = load_run(partial)
     assert not run.complete and run.status == "in progress (stage 2/2, step 3)"
     md = write_report([partial], base, tmp_path / "rep").read_text()
@@ -207,7 +207,7 @@ def test_report_files_are_written(runs_root, shards, tmp_path, capsys, make_run)
     assert main(["compare", str(staged), "--baseline", str(base), "--out", str(out),
                  "--interp", "linear"]) == 0
     printed = capsys.readouterr().out
-    assert "staged" in printed and "4.000e+13" in printed and "+60.0%" in printed
+    assert "staged" in printed and "4.00e13" in printed and "+60.0%" in printed
     md = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
     pngs = ["val_loss_flops.png", "val_loss_tokens.png", "train_loss.png", "lr.png",
@@ -218,7 +218,7 @@ def test_report_files_are_written(runs_root, shards, tmp_path, capsys, make_run)
         assert f"]({name})" in md
     assert html.count("data:image/png;base64,") == len(pngs)
     assert "| staged | complete | 2 | 2.2000 | -0.3000 |" in md
-    assert "4.000e+13 | +60.0%" in md and "interpolated linearly in FLOPs" in md
+    assert "4.00e13 | +60.0%" in md and "interpolated linearly in FLOPs" in md
     # evaluation tables: wikitext, zero-shot, word similarity (NaN skipped in the mean)
     assert "WikiText-2 word ppl" in md and "812.5" in md and "0.5600" in md
     assert "| staged | 0.1000 / 0.2000 | 0.3000 / - |" in md

@@ -1,61 +1,107 @@
-"""plan.png: memory per stage and FLOPs per stage, estimates beside measured numbers."""
+"""plan.png: memory per stage and FLOPs per stage, estimates beside measured numbers.
+
+Legends sit under the panels (never over a bar), text is 10 points at 10 × 4.6 inches, and a
+measured figure is labelled with what it measured: model state (weights, gradients, optimizer
+state) or the allocator's peak (activations included).
+"""
 
 from __future__ import annotations
 
-import os
+import io
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: the planner runs on servers without a display
-import matplotlib.pyplot as plt  # noqa: E402
+from growlm.files import atomic_write_bytes
 
 GIB = 2**30
+FORMATS = ("png", "svg", "pdf")
+STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9,
+         "ytick.labelsize": 9, "legend.fontsize": 9, "svg.fonttype": "none", "pdf.fonttype": 42,
+         "svg.hashsalt": "growlm"}
+# What a stage's "measured" entry may hold (recipe_plan.measured_by_stage), and its label.
+# "peak_bytes" is the older name: the trainer's figure that was model state on CPU and the
+# allocator's peak on CUDA.
+MEASURED = (("model_state_bytes", "model state, measured", "o"),
+            ("peak_measured_bytes", "peak, measured", "D"),
+            ("peak_bytes", "measured: model state (CPU) / peak (GPU)", "o"))
 
 
-def plot_plan(plan: dict, path: Path) -> Path:
-    """Write the chart for a plan (see recipe_plan.plan_recipe) and return its path."""
-    stages = plan["stages"]
-    names = [s["name"] for s in stages] + ["baseline\n(same tokens)"]
-    entries = stages + [plan["baseline"]]
-    x = range(len(entries))
-    fig, (ax_mem, ax_flops) = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(entries)), 4.2))
+def plot_plan(plan: dict, path: Path, formats: Sequence[str] = ()) -> Path:
+    """Write the chart for a plan (see recipe_plan.plan_recipe) and return its path.
 
-    state = [e["memory"]["model_state_bytes"] / GIB for e in entries]
-    act = [e["memory"]["activation_bytes"] / GIB for e in entries]
-    ckpt = [e["memory"]["total_bytes_checkpointed"] / GIB for e in entries]
-    ax_mem.bar(x, state, color="#4C72B0", label="model state (16/2 bytes per param)")
-    ax_mem.bar(x, act, bottom=state, color="#A6BDDB", label="activations")
-    ax_mem.scatter(x, ckpt, marker="_", s=400, color="black", label="total, act. checkpointing")
-    _measured(ax_mem, stages, "peak_bytes", GIB, "measured peak")
-    ax_mem.set_ylabel("GiB")
-    ax_mem.set_title("memory per stage (estimate)")
+    The format is `path`'s suffix (.png, .svg or .pdf); `formats` adds copies beside it in
+    other formats (plan.svg, plan.pdf). Each file is written atomically."""
+    from matplotlib import rc_context
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.container import BarContainer
+    from matplotlib.figure import Figure
 
-    width = 0.38
-    six_nd = [float(e["flops"]["6nd"]) for e in entries]
-    exact = [float(e["flops"]["exact"]) for e in entries]
-    ax_flops.bar([i - width / 2 for i in x], six_nd, width, color="#DD8452", label="6·N·D formula")
-    ax_flops.bar([i + width / 2 for i in x], exact, width, color="#C44E52",
-                 label="exact (with attention)")
-    _measured(ax_flops, stages, "flops", 1.0, "measured (exact)")
-    ax_flops.set_ylabel("FLOPs")
-    ax_flops.set_title("training FLOPs per stage")
-
-    for ax in (ax_mem, ax_flops):
-        ax.set_xticks(list(x), names, fontsize=8)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"growlm plan: {plan['run']}", fontsize=10)
-    fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    with rc_context(STYLE):
+        fig = Figure(figsize=(10, 5.2), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax_mem, ax_flops = fig.subplots(1, 2)
+        stages = plan["stages"]
+        names = [s["name"] for s in stages] + ["baseline\n(same tokens)"]
+        _memory_panel(ax_mem, stages + [plan["baseline"]], stages)
+        _flops_panel(ax_flops, stages + [plan["baseline"]], stages)
+        for ax in (ax_mem, ax_flops):
+            ax.set_xticks(range(len(names)), names)
+            ax.grid(axis="y", alpha=0.3)
+            ax.set_axisbelow(True)
+            handles, labels = ax.get_legend_handles_labels()
+            order = sorted(range(len(handles)), key=lambda i: not isinstance(handles[i], BarContainer))
+            ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper center",
+                      bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)  # bars first
+        fig.suptitle(f"growlm plan: {plan['run']}")
+        for fmt in dict.fromkeys([path.suffix.lstrip(".") or "png", *formats]):
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format=fmt, dpi=150,
+                        metadata={"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt))
+            atomic_write_bytes(path.with_suffix(f".{fmt}"), buffer.getvalue())
     return path
 
 
-def _measured(ax, stages: list[dict], key: str, scale: float, label: str) -> None:
-    points = [(i, float(s["measured"][key]) / scale) for i, s in enumerate(stages)
+def _memory_panel(ax, entries: list[dict], stages: list[dict]) -> None:
+    x = range(len(entries))
+    top = max(e["memory"]["model_state_bytes"] + e["memory"]["activation_bytes"] for e in entries)
+    unit, scale = ("GiB", GIB) if top >= GIB else ("MiB", 2**20)
+    state = [e["memory"]["model_state_bytes"] / scale for e in entries]
+    act = [e["memory"]["activation_bytes"] / scale for e in entries]
+    ckpt = [e["memory"]["total_bytes_checkpointed"] / scale for e in entries]
+    ax.bar(x, state, color="#4C72B0", label="model state, estimated")
+    ax.bar(x, act, bottom=state, color="#A6BDDB", label="+ activations, estimated")
+    ax.scatter(x, ckpt, marker="_", s=500, linewidths=2, color="black", zorder=3,
+               label="peak with act. checkpointing, est.")
+    current = any((s.get("measured") or {}).get(k) for s in stages for k, _, _ in MEASURED[:2])
+    for key, label, marker in MEASURED if not current else MEASURED[:2]:
+        _measured(ax, stages, key, scale, label, marker)
+    ax.set_ylabel(unit)
+    ax.set_title("memory per stage (bf16 weights, fp32 Adam)")
+
+
+def _flops_panel(ax, entries: list[dict], stages: list[dict]) -> None:
+    six_nd = [float(e["flops"]["6nd"]) for e in entries]
+    exact = [float(e["flops"]["exact"]) for e in entries]
+    top = max(six_nd + exact + [1.0])
+    power = int(math.floor(math.log10(top)))  # one scale in the axis label, no offset text
+    scale = 10.0**power
+    width = 0.38
+    x = range(len(entries))
+    ax.bar([i - width / 2 for i in x], [v / scale for v in six_nd], width, color="#DD8452",
+           label="6·N·D formula")
+    ax.bar([i + width / 2 for i in x], [v / scale for v in exact], width, color="#C44E52",
+           label="exact (with attention)")
+    _measured(ax, stages, "flops", scale, "measured (exact)", "o", offset=width / 2)
+    ax.set_ylabel(f"FLOPs (× 1e{power})")
+    ax.set_title("training FLOPs per stage")
+
+
+def _measured(ax, stages: list[dict], key: str, scale: float, label: str, marker: str,
+              offset: float = 0.0) -> None:
+    points = [(i + offset, float(s["measured"][key]) / scale) for i, s in enumerate(stages)
               if s.get("measured") and s["measured"].get(key)]
     if points:
-        ax.scatter(*zip(*points), marker="o", color="black", zorder=3, label=label)
+        ax.scatter(*zip(*points), marker=marker, s=36, color="black", facecolor="white", zorder=4,
+                   linewidths=1.5, label=label)

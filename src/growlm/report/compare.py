@@ -1,6 +1,6 @@
 """Equal-compute comparison of runs against a baseline: the numbers behind `growlm compare`.
 
-**FLOPs to reach the baseline's loss** (the seeds' Table 2 metric): walk the validation curve
+**FLOPs to reach the baseline's loss** (the papers' Table 2 metric): walk the validation curve
 of a run's final model (loss at each evaluation of the stages that train the final shape,
 against cumulative training FLOPs, every stage included, so a staged run is charged for its
 small first stage) and find the first point at or below the baseline's final validation loss.
@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from growlm.errors import GrowlmError
-from growlm.report.runs import Run, load_run, unique_names
+from growlm.report.runs import MEMORY_KEYS, Run, load_run, unique_names
 
 INTERP = ("log", "linear")
-FLOPS_KEYS = {"exact": "flops", "seed": "flops_seed"}
+FLOPS_KEYS = {"exact": "flops", "6nd": "flops_6nd"}
 
 
 def flops_to_target(xs: Sequence[float], losses: Sequence[float], target: float,
@@ -58,20 +58,41 @@ class Row:
     delta_loss: float | None
     tokens: float
     flops: float
-    flops_seed: float
+    flops_6nd: float
     flops_to_target: float | None
     to_target_bound: bool
     saving: float | None
-    peak_measured: int
-    peak_estimated: int
-    mem_reduction_measured: float | None
-    mem_reduction_estimated: float | None
+    memory: dict  # the run's largest figure of each MEMORY_KEYS over its stages (None: unknown)
+    memory_reduction: dict  # per MEMORY_KEYS: 1 − run / baseline (None: either unknown)
     wall_time: float
     is_baseline: bool
 
     @property
     def tokens_per_s(self) -> float | None:
         return self.tokens / self.wall_time if self.wall_time > 0 else None
+
+    # The names from before the four memory figures, kept for callers that read them.
+    @property
+    def peak_estimated(self) -> int:
+        """The model-state estimate (the papers' 16/2 bytes formula), 0 when unknown."""
+        return self.memory.get("model_state_estimated_bytes") or 0
+
+    @property
+    def peak_measured(self) -> int:
+        """The allocator's measured peak where recorded, else measured model-state bytes."""
+        return self.memory.get(self._measured_key) or 0
+
+    @property
+    def mem_reduction_estimated(self) -> float | None:
+        return self.memory_reduction.get("model_state_estimated_bytes")
+
+    @property
+    def mem_reduction_measured(self) -> float | None:
+        return self.memory_reduction.get(self._measured_key)
+
+    @property
+    def _measured_key(self) -> str:
+        return "peak_measured_bytes" if self.memory.get("peak_measured_bytes") else "model_state_bytes"
 
 
 def check_comparable(runs: Sequence[Run]) -> list[str]:
@@ -101,7 +122,7 @@ def check_comparable(runs: Sequence[Run]) -> list[str]:
     return warnings
 
 
-def _reduction(value: float, base: float) -> float | None:
+def _reduction(value: float | None, base: float | None) -> float | None:
     return 1 - value / base if value and base else None
 
 
@@ -114,24 +135,23 @@ def summarize(runs: Sequence[Run], baseline: Run, interp: str = "log",
     target = baseline.final_val_loss
     base_x, _ = baseline.curve(key)
     base_flops = base_x[-1] if base_x else None
-    base_measured, base_estimated = baseline.peak_memory()
+    base_memory = baseline.peak_memory()
     rows = []
     for run in [baseline, *[r for r in runs if r is not baseline]]:
         xs, ys = run.curve(key, final_model=True)
         ftt, bound = flops_to_target(xs, ys, target, interp) if target is not None else (None, False)
         if run is baseline and base_flops is not None:
             ftt, bound = base_flops, False  # by definition: its whole budget
-        measured, estimated = run.peak_memory()
+        memory = run.peak_memory()
         loss = run.final_val_loss
         rows.append(Row(
             name=run.name, status=run.status, n_stages=run.n_stages, final_val_loss=loss,
             delta_loss=None if loss is None or target is None else loss - target,
-            tokens=run.total("tokens"), flops=run.total("flops"), flops_seed=run.total("flops_seed"),
+            tokens=run.total("tokens"), flops=run.total("flops"), flops_6nd=run.total("flops_6nd"),
             flops_to_target=ftt, to_target_bound=bound,
             saving=_reduction(ftt, base_flops) if ftt is not None else None,
-            peak_measured=measured, peak_estimated=estimated,
-            mem_reduction_measured=_reduction(measured, base_measured),
-            mem_reduction_estimated=_reduction(estimated, base_estimated),
+            memory=memory,
+            memory_reduction={k: _reduction(memory[k], base_memory[k]) for k in MEMORY_KEYS},
             wall_time=run.wall_time, is_baseline=run is baseline))
     return rows
 

@@ -12,10 +12,11 @@ from growlm.report.document import Bullets, Document, Heading, Image, Paragraph,
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
        color: #222; line-height: 1.45; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+.table { overflow-x: auto; margin: 1em 0; }
+table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; }
-th { background: #f2f2f2; }
-td.r, th.r { text-align: right; }
+th { background: #f2f2f2; position: sticky; top: 0; }
+td.r, th.r { text-align: right; white-space: nowrap; }
 figure { margin: 1.5em 0; }
 figcaption { font-style: italic; color: #555; }
 img { max-width: 100%; }
@@ -30,11 +31,14 @@ def _inline(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
 
 
+MIME = {".png": "image/png", ".svg": "image/svg+xml"}
+
+
 def _image(b: Image, root: Path) -> str:
     path = root / b.path
-    if path.is_file():
+    if path.is_file() and path.suffix in MIME:
         data = base64.b64encode(path.read_bytes()).decode("ascii")
-        src = f"data:image/png;base64,{data}"
+        src = f"data:{MIME[path.suffix]};base64,{data}"
     else:
         src = html.escape(b.path)
     return (f'<figure><img src="{src}" alt="{html.escape(b.caption)}">'
@@ -46,7 +50,8 @@ def _table(b: Table) -> str:
     head = "".join(f'<th class="{a}">{_inline(str(h))}</th>' for h, a in zip(b.header, align))
     body = "".join("<tr>" + "".join(f'<td class="{a}">{_inline(str(c))}</td>'
                                     for c, a in zip(row, align)) + "</tr>" for row in b.rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    # in a scrolling box: a table wider than the page scrolls instead of being cut off
+    return f'<div class="table"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def to_html(doc: Document, root: Path) -> str:

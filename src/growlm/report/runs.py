@@ -1,7 +1,9 @@
 """Load a training run for reports: its metrics, recipe, status, evaluations and data identity.
 
-A run directory (written by `growlm train`) holds metrics.jsonl (step / eval / stage records),
-run.json ({"fingerprint", "config"}) and checkpoints/. Optional evaluation results live beside
+A run directory (written by `growlm train`) holds metrics.jsonl (step / eval / tasks / stage /
+rollback records, docs/metrics.md), run.json ({"fingerprint", "config"}) and checkpoints/.
+Stages are numbered from 1 here as in metrics.jsonl; an older file that counted from 0 is
+renumbered on reading (`one_based_stages`). Optional evaluation results live beside
 them in eval.json, the file `growlm eval RUN --json RUN/eval.json` writes (else the last
 benchmarks a recipe's [eval] section scored during training).
 
@@ -14,11 +16,13 @@ identifies the tokenizer.
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from growlm.errors import GrowlmError
+from growlm.files import read_json
+from growlm.train.metrics import read_metrics
 
 METRICS_FILE = "metrics.jsonl"
 RUN_FILE = "run.json"
@@ -38,6 +42,7 @@ class Run:
     eval_results: dict | None = None
     tokenizer_sha: str | None = None
     data_id: str | None = None  # "<train shards fingerprint>|<validation source>"
+    problems: list[str] = field(default_factory=list)  # unreadable lines of metrics.jsonl
 
     # ---------------------------------------------------------------- status
     @property
@@ -46,7 +51,7 @@ class Run:
 
     @property
     def complete(self) -> bool:
-        return self.finished_stages >= set(range(1, self.n_stages + 1))  # stages count from 1
+        return self.finished_stages >= set(range(1, self.n_stages + 1))
 
     @property
     def status(self) -> str:
@@ -63,7 +68,7 @@ class Run:
         return self.evals[-1]["val_loss"] if self.evals else None
 
     def total(self, key: str) -> float:
-        """The last cumulative value of a step field ("flops", "flops_seed", "tokens", "time")."""
+        """The last cumulative value of a step field ("flops", "flops_6nd", "tokens", "time")."""
         return float(self.steps[-1].get(key) or 0) if self.steps else 0.0
 
     @property
@@ -71,12 +76,12 @@ class Run:
         return self.total("time")
 
     def curve(self, x: str = "flops", final_model: bool = False) -> tuple[list[float], list[float]]:
-        """(x, validation loss) at every evaluation; x is "flops", "flops_seed" or "tokens".
+        """(x, validation loss) at every evaluation; x is "flops", "flops_6nd" or "tokens".
 
         `final_model`: only the evaluations of stages that train the final shape."""
         stages = self.final_model_stages() if final_model else None
         pts = [(float(r.get(x) or 0), float(r["val_loss"])) for r in self.evals
-               if x in r and (stages is None or r.get("stage", 0) in stages)]
+               if x in r and (stages is None or r.get("stage", 1) in stages)]
         return [p[0] for p in pts], [p[1] for p in pts]
 
     def final_model_stages(self) -> set[int] | None:
@@ -85,13 +90,13 @@ class Run:
         models = {r["stage"]: r["model"] for r in self.stage_records if r.get("model")}
         if not models:
             return None
-        final = models.get(self.n_stages - 1)
+        final = models.get(self.n_stages)
         return {s for s, m in models.items() if m == final} if final is not None else set()
 
     def stage_starts(self, x: str = "flops") -> list[tuple[float, str]]:
         """Where each stage after the first began, on axis x, with the stage's name."""
         out = []
-        for stage in range(1, self.n_stages):
+        for stage in range(2, self.n_stages + 1):
             first = next((r for r in self.steps if r.get("stage") == stage), None)
             if first is None:
                 continue
@@ -102,64 +107,107 @@ class Run:
             else:  # a stage record without counters: the step before the stage's first step
                 before = [r for r in self.steps if r.get("step", 0) < first.get("step", 0)]
                 value = float(before[-1].get(x) or 0) if before else 0.0
-            out.append((value, first.get("stage_name") or f"stage{stage + 1}"))
+            out.append((value, first.get("stage_name") or f"stage{stage}"))
         return out
 
     def stages(self) -> list[dict]:
-        """Per stage: name, params, FLOPs per token, memory (estimated and measured peak), steps.
+        """Per stage (numbered from 1): name, params, FLOPs per token, memory, steps, layers.
 
-        The newest record of each stage wins (the "end" record has the measured peak)."""
+        `memory` holds the four figures of docs/metrics.md (see `stage_memory`); the newest
+        record of each stage wins (the "end" record has the measured ones)."""
         by_stage: dict[int, dict] = {}
         for r in self.stage_records:
             by_stage[r["stage"]] = {**by_stage.get(r["stage"], {}), **r}
-        peaks: dict[int, int] = {}
+        legacy_steps: dict[int, int] = {}  # an old run's per-step figure, for unfinished stages
         for r in self.steps:
-            s = r.get("stage", 0)
-            peaks[s] = max(peaks.get(s, 0), int(r.get("mem_bytes") or 0))
+            if self.legacy_memory and r.get("mem_bytes"):
+                s = r.get("stage", 1)
+                legacy_steps[s] = max(legacy_steps.get(s, 0), int(r["mem_bytes"]))
         out = []
-        for s in sorted(set(by_stage) | set(peaks)):
+        for s in sorted(set(by_stage) | {r.get("stage", 1) for r in self.steps}):
             rec = by_stage.get(s, {})
-            mem = rec.get("memory") or {}
-            measured = max(int(mem.get("measured_peak_bytes") or 0), peaks.get(s, 0))
-            out.append({"stage": s, "name": rec.get("name") or f"stage{s + 1}",
+            mem = dict(rec.get("memory") or {})
+            if legacy_steps.get(s, 0) > int(mem.get("measured_peak_bytes") or 0):
+                mem["measured_peak_bytes"] = legacy_steps[s]
+            out.append({"stage": s, "name": rec.get("name") or f"stage{s}",
                         "params": rec.get("params") or {}, "flops_per_token": rec.get("flops_per_token") or {},
-                        "estimated_bytes": int(mem.get("estimated_bytes") or 0),
-                        "measured_bytes": measured, "steps": rec.get("steps"),
+                        "memory": stage_memory(mem, self.legacy_device), "steps": rec.get("steps"),
                         "n_layers": (rec.get("model") or {}).get("n_layers"),
                         "done": s in self.finished_stages})
         return out
 
-    def peak_memory(self) -> tuple[int, int]:
-        """(measured, estimated) peak bytes over all stages; 0 where unknown."""
-        stages = self.stages()
-        return (max((s["measured_bytes"] for s in stages), default=0),
-                max((s["estimated_bytes"] for s in stages), default=0))
+    def peak_memory(self) -> dict[str, int | None]:
+        """The largest of each memory figure over the stages (None where no stage has it), and
+        "peak_measured_by" of the stage with the largest measured peak."""
+        stages = [s["memory"] for s in self.stages()]
+        out: dict = {k: max((m[k] for m in stages if m[k] is not None), default=None) for k in MEMORY_KEYS}
+        peak = max((m for m in stages if m["peak_measured_bytes"] is not None),
+                   key=lambda m: m["peak_measured_bytes"], default=None)
+        out["peak_measured_by"] = peak["peak_measured_by"] if peak else None
+        return out
+
+    @property
+    def legacy_memory(self) -> bool:
+        """Whether the stage records use the memory names from before docs/metrics.md's."""
+        return any(isinstance(r.get("memory"), dict) and "measured_peak_bytes" in r["memory"]
+                   for r in self.stage_records)
+
+    @property
+    def legacy_device(self) -> str:
+        """Where an old run trained, which decides what its "measured_peak_bytes" meant: the
+        recipe's run.device, or for "auto" "cuda" when its steps logged an MFU (growlm only
+        computes one on a GPU) and else "cpu"."""
+        device = (self.config.get("run") or {}).get("device", "auto")
+        if device in ("cpu", "cuda"):
+            return device
+        return "cuda" if any(r.get("mfu") is not None for r in self.steps) else "cpu"
 
 
-# ---------------------------------------------------------------- loading
+MEMORY_KEYS = ("model_state_estimated_bytes", "model_state_bytes", "peak_estimated_bytes",
+               "peak_measured_bytes")
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Every complete JSON object line; a torn last line (a run killed mid-write) is skipped."""
-    out = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
+
+def _bytes(value) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+
+
+def stage_memory(memory: dict, legacy_device: str = "cpu") -> dict:
+    """A stage record's memory figures under their own names, None where not recorded:
+    model_state_estimated_bytes (formula), model_state_bytes (measured live weights, gradients
+    and optimizer state), peak_estimated_bytes (planner: model state + activations),
+    peak_measured_bytes (the allocator's peak, activations included) and peak_measured_by.
+
+    Records written before these names had "estimated_bytes" (the model-state formula) and
+    "measured_peak_bytes", which on CPU counted the live model-state bytes and on CUDA was
+    torch.cuda.max_memory_allocated; `legacy_device` says which of the two it was."""
+    out: dict = {k: _bytes(memory.get(k)) for k in MEMORY_KEYS}
+    out["peak_measured_by"] = memory.get("peak_measured_by") if out["peak_measured_bytes"] else None
+    if out["model_state_estimated_bytes"] is None:
+        out["model_state_estimated_bytes"] = _bytes(memory.get("estimated_bytes"))
+    old = _bytes(memory.get("measured_peak_bytes"))
+    if old is not None and legacy_device == "cuda" and out["peak_measured_bytes"] is None:
+        out["peak_measured_bytes"], out["peak_measured_by"] = old, "cuda max_memory_allocated"
+    elif old is not None and legacy_device != "cuda" and out["model_state_bytes"] is None:
+        out["model_state_bytes"] = old
     return out
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GrowlmError(f"{path}: unreadable {what} ({type(e).__name__})") from None
-    if not isinstance(data, dict):
-        raise GrowlmError(f"{path}: {what} should be a JSON object")
-    return data
+def one_based_stages(records: list[dict]) -> list[dict]:
+    """The records in today's schema: stages numbered from 1, and the 6·N·D FLOP count under
+    `flops_6nd`. A file written before numbered its first stage 0 (a record with stage 0 marks
+    it, and every stage number in it is shifted by one) and called that count `flops_seed`."""
+    records = [{**{k: v for k, v in r.items() if k != "flops_seed"}, "flops_6nd": r["flops_seed"]}
+               if "flops_seed" in r and "flops_6nd" not in r else r for r in records]
+    if not any(r.get("stage") == 0 and not isinstance(r.get("stage"), bool) for r in records):
+        return records
+    return [{**r, "stage": r["stage"] + 1} if _is_int(r.get("stage")) else r for r in records]
 
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# ---------------------------------------------------------------- loading
 
 def _find_dir(given: str, run_dir: Path) -> Path | None:
     """A data path from a recipe: as written (relative to where training ran), else relative to
@@ -176,7 +224,7 @@ def _shards_meta(given: str | None, run_dir: Path) -> dict | None:
     if found is None:
         return None
     try:
-        return _read_json(found / "meta.json", "shards metadata")
+        return read_json(found / "meta.json", "shards metadata")
     except GrowlmError:
         return None
 
@@ -186,16 +234,18 @@ def _checkpoint_tokenizer_sha(run_dir: Path) -> str | None:
     root = run_dir / "checkpoints"
     if not root.is_dir():
         return None
-    for ckpt in sorted(root.glob("step_*"), reverse=True):
-        meta_path = ckpt / "meta.json"
-        if meta_path.is_file():
-            try:
-                meta = json.loads(meta_path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            info = (meta.get("files") or {}).get("tokenizer.json")
-            if info:
-                return info.get("sha256")
+    def number(p: Path) -> int:  # step_10 is newer than step_9
+        tail = p.name.removeprefix("step_")
+        return int(tail) if tail.isdigit() else -1
+
+    for ckpt in sorted(root.glob("step_*"), key=number, reverse=True):
+        try:
+            meta = read_json(ckpt / "meta.json", "checkpoint metadata")
+        except GrowlmError:
+            continue  # damaged or incomplete: an older checkpoint may still say
+        info = (meta.get("files") or {}).get("tokenizer.json")
+        if isinstance(info, dict) and info.get("sha256"):
+            return info["sha256"]
     return None
 
 
@@ -219,7 +269,7 @@ def _eval_results(run_dir: Path) -> dict | None:
     path = run_dir / EVAL_FILE
     if not path.is_file():
         return None
-    data = _read_json(path, "evaluation results")
+    data = read_json(path, "evaluation results")
     results = data.get("results", data)
     return results if isinstance(results, dict) else None
 
@@ -252,21 +302,28 @@ def load_run(path: str | Path) -> Run:
     if not metrics.is_file() and not run_file.is_file():
         raise GrowlmError(f"{run_dir}: not a growlm run (no {METRICS_FILE} or {RUN_FILE}); "
                           "pass directories written by growlm train")
-    config = (_read_json(run_file, "run file").get("config") or {}) if run_file.is_file() else {}
-    records = read_jsonl(metrics) if metrics.is_file() else []
+    config = (read_json(run_file, "run file").get("config") or {}) if run_file.is_file() else {}
+    if not isinstance(config, dict):
+        raise GrowlmError(f"{run_file}: \"config\" must be a JSON object")
+    problems: list[str] = []
+    records = one_based_stages(read_metrics(metrics, problems))
     steps = [r for r in records if r.get("kind") == "step"]
-    evals = [r for r in records if r.get("kind") == "eval" and isinstance(r.get("val_loss"), (int, float))]
-    stage_records = [r for r in records if r.get("kind") == "stage" and isinstance(r.get("stage"), int)]
+    evals = [r for r in records if r.get("kind") == "eval" and _finite(r.get("val_loss"))]
+    stage_records = [r for r in records if r.get("kind") == "stage" and _is_int(r.get("stage"))]
     n_stages = len(config.get("stage") or []) or 1
     if not config:  # no recipe: assume the stages seen so far are all there are
-        n_stages = max([r.get("stage", 0) for r in steps + stage_records], default=0) + 1
+        n_stages = max([r.get("stage", 1) for r in steps + stage_records], default=1)
     name = (config.get("run") or {}).get("name") or run_dir.name
     tok_sha, data_id = _identity(config, run_dir)
     tasks = [r for r in records if r.get("kind") == "tasks"]
     return Run(path=run_dir, name=name, config=config, steps=steps, evals=evals, tasks=tasks,
                stage_records=stage_records, n_stages=n_stages,
                eval_results=_eval_results(run_dir) or _scheduled_results(records),
-               tokenizer_sha=tok_sha, data_id=data_id)
+               tokenizer_sha=tok_sha, data_id=data_id, problems=problems)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def unique_names(runs: list[Run]) -> None:

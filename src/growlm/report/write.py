@@ -1,87 +1,56 @@
-"""Assemble the comparison report (report.md, report.html, PNGs) and the terminal table."""
+"""Assemble the comparison report (report.md, report.html, plots) and the terminal table."""
 
 from __future__ import annotations
 
 import datetime as _dt
-import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from growlm.report import compare as cmp
+import growlm.report.compare as cmp
+from growlm.errors import GrowlmError
+from growlm.files import atomic_write_text, check_output_dir
 from growlm.report.document import Bullets, Document, Heading, Image, Paragraph, Table, plain_table
+from growlm.report.fmt import (
+    MEMORY_SHORT,
+    fmt_bytes,
+    fmt_delta,
+    fmt_flops,
+    fmt_loss,
+    fmt_pct,
+    fmt_score,
+    fmt_time,
+)
+from growlm.report.plots import FORMATS, all_plots
 from growlm.report.runs import Run
-from growlm.units import human_bytes, human_count
+from growlm.report.tables import (
+    compute_table,
+    eval_blocks,
+    memory_notes,
+    memory_table,
+    stage_table,
+    to_target,
+)
 
 INTERP_TEXT = {"log": "linearly in log(FLOPs)", "linear": "linearly in FLOPs"}
 
 
-# ---------------------------------------------------------------- formatting
-
-def fmt_loss(x: float | None) -> str:
-    return "-" if x is None or math.isnan(x) else f"{x:.4f}"
-
-
-def fmt_delta(x: float | None) -> str:
-    return "-" if x is None else f"{x:+.4f}"
-
-
-def fmt_flops(x: float | None) -> str:
-    return "-" if not x else f"{x:.3e}"
-
-
-def fmt_pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:+.1f}%"
-
-
-def fmt_bytes(x: int) -> str:
-    return human_bytes(x) if x else "-"
-
-
-def fmt_time(seconds: float) -> str:
-    if not seconds:
-        return "-"
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
-def fmt_score(x: float | None) -> str:
-    if x is None or math.isnan(x):
-        return "-"
-    return f"{x:.1f}" if abs(x) >= 100 else f"{x:.4f}" if abs(x) <= 1 else f"{x:.2f}"
+def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
+    """"png,svg,pdf" → ("png", "svg", "pdf"). The report shows PNG or SVG, so one of them is
+    required. GrowlmError naming what is allowed."""
+    items = [t.strip().lower().lstrip(".") for t in (text.split(",") if isinstance(text, str) else text)]
+    items = list(dict.fromkeys(t for t in items if t))
+    unknown = [t for t in items if t not in FORMATS]
+    if unknown or not items:
+        raise GrowlmError(f"--format {unknown[0] if unknown else text!r}: allowed plot formats are "
+                          f"{', '.join(FORMATS)} (a comma-separated list)")
+    if not {"png", "svg"} & set(items):
+        raise GrowlmError(f"--format {','.join(items)}: add png or svg, the formats the report "
+                          "shows (e.g. png,pdf)")
+    return tuple(items)
 
 
 def _short_status(status: str) -> str:
     return status.replace("in progress", "running").split(",")[0] + (")" if "(" in status else "")
-
-
-def _to_target(row: cmp.Row) -> str:
-    if row.flops_to_target is None:
-        return "not reached"
-    return ("≤ " if row.to_target_bound else "") + fmt_flops(row.flops_to_target)
-
-
-# ---------------------------------------------------------------- tables
-
-SUMMARY_HEADER = ["run", "status", "stages", "final val loss", "Δ vs baseline", "tokens",
-                  "FLOPs (exact)", "FLOPs (seed formula)", "FLOPs to baseline loss", "saving",
-                  "peak mem measured", "reduction", "peak mem estimated", "reduction",
-                  "train time", "tokens/s"]
-
-
-def summary_rows(rows: Sequence[cmp.Row]) -> list[list[str]]:
-    out = []
-    for r in rows:
-        name = f"**{r.name}** (baseline)" if r.is_baseline else r.name
-        out.append([name, r.status, str(r.n_stages), fmt_loss(r.final_val_loss),
-                    fmt_delta(r.delta_loss), human_count(r.tokens), fmt_flops(r.flops),
-                    fmt_flops(r.flops_seed), _to_target(r), fmt_pct(r.saving),
-                    fmt_bytes(r.peak_measured), fmt_pct(r.mem_reduction_measured),
-                    fmt_bytes(r.peak_estimated), fmt_pct(r.mem_reduction_estimated),
-                    fmt_time(r.wall_time),
-                    f"{r.tokens_per_s:,.0f}" if r.tokens_per_s else "-"])
-    return out
 
 
 def format_table(runs: Sequence[str | Path | Run], baseline: str | Path | Run,
@@ -90,62 +59,36 @@ def format_table(runs: Sequence[str | Path | Run], baseline: str | Path | Run,
     loaded, base = cmp.load_runs(runs, baseline)
     cmp.check_comparable(loaded)
     rows = cmp.summarize(loaded, base, interp, flops)
-    header = ["run", "status", "val loss", "Δ", "FLOPs", "FLOPs to base loss", "saving",
-              "mem meas.", "red.", "mem est.", "red.", "time"]
-    body = [[r.name + (" *" if r.is_baseline else ""), _short_status(r.status), fmt_loss(r.final_val_loss),
-             fmt_delta(r.delta_loss), fmt_flops(r.flops if flops == "exact" else r.flops_seed),
-             _to_target(r), fmt_pct(r.saving), fmt_bytes(r.peak_measured),
-             fmt_pct(r.mem_reduction_measured), fmt_bytes(r.peak_estimated),
-             fmt_pct(r.mem_reduction_estimated), fmt_time(r.wall_time)] for r in rows]
+    # one estimated and one measured memory figure: the peak where any run measured it
+    measured = "peak_measured_bytes" if any(r.memory.get("peak_measured_bytes") for r in rows) \
+        else "model_state_bytes"
+    mem_keys = ["model_state_estimated_bytes", measured]
+    header = ["run", "status", "val loss", "Δ", "FLOPs", "FLOPs to base loss", "saving"]
+    for k in mem_keys:
+        header += [MEMORY_SHORT[k], "red."]
+    header.append("time")
+    body = []
+    for r in rows:
+        cells = [r.name + (" *" if r.is_baseline else ""), _short_status(r.status),
+                 fmt_loss(r.final_val_loss), fmt_delta(r.delta_loss),
+                 fmt_flops(r.flops if flops == "exact" else r.flops_6nd), to_target(r), fmt_pct(r.saving)]
+        for k in mem_keys:
+            cells += [fmt_bytes(r.memory.get(k)), fmt_pct(r.memory_reduction.get(k))]
+        body.append(cells + [fmt_time(r.wall_time)])
     note = (f"* baseline. FLOPs: {flops} count; FLOPs to base loss: first point of the final "
             f"model's val curve at or below the baseline's final loss, interpolated "
-            f"{INTERP_TEXT[interp]}.")
-    return plain_table(header, body, "llrrrrrrrrrr") + "\n" + note
+            f"{INTERP_TEXT[interp]}. Memory: model state (weights, gradients, optimizer state) "
+            f"estimated by formula, and {'the allocator peak' if measured.startswith('peak') else 'model state'} "
+            f"measured; red. = reduction vs the baseline.")
+    return plain_table(header, body, "ll" + "r" * (len(header) - 2)) + "\n" + note
 
 
-def _stage_table(runs: Sequence[Run]) -> Table:
-    rows = []
-    for r in runs:
-        for s in r.stages():
-            p, fpt = s["params"], s["flops_per_token"]
-            rows.append([r.name, s["name"], str(s["n_layers"] if s["n_layers"] is not None else "-"),
-                         str(s["steps"] or "-"), human_count(p.get("trainable", 0)),
-                         human_count(p.get("frozen", 0)), human_count(p.get("adapter", 0)),
-                         human_count(fpt.get("exact", 0)), fmt_bytes(s["estimated_bytes"]),
-                         fmt_bytes(s["measured_bytes"]), "yes" if s["done"] else "no"])
-    return Table(["run", "stage", "layers", "steps", "trainable", "frozen", "adapter",
-                  "FLOPs/token (exact)", "est. memory", "measured peak", "done"], rows,
-                 "llrrrrrrrrl")
-
-
-def _eval_blocks(runs: Sequence[Run]) -> list:
-    cols = cmp.eval_columns(runs)
-    blocks: list = []
-    if cols:
-        rows = [[r.name, *(fmt_score(cmp.eval_value(r, key)) for _, key in cols)]
-                for r in runs if r.eval_results]
-        blocks += [Heading("Evaluation"),
-                   Paragraph("From each run's `eval.json` (`growlm eval RUN --json RUN/eval.json`), "
-                             "else the last benchmarks its recipe's [eval] section scored. "
-                             "Zero-shot scores are the seeds' headline metric (acc_norm where it "
-                             "exists); word similarity is the mean Spearman rho over the datasets."),
-                   Table(["run", *(c for c, _ in cols)], rows)]
-    datasets, ws_rows = cmp.wordsim_rows(runs)
-    if ws_rows:
-        header = ["run", *(f"{d} emb / head" for d in datasets)]
-        rows = [[name, *(f"{fmt_score(e)} / {fmt_score(h)}" for e, h in vals)] for name, vals in ws_rows]
-        blocks += [Heading("Word similarity", 3),
-                   Paragraph("Spearman rho between human ratings and the cosine similarity of the "
-                             "input embedding (emb) and output head vectors (reuse paper, Table 3)."),
-                   Table(header, rows)]
-    return blocks
-
-
-def _notes(runs: Sequence[Run], base: Run, warnings: list[str], interp: str, flops: str) -> list[str]:
+def _notes(runs: Sequence[Run], rows: Sequence[cmp.Row], base: Run, warnings: list[str],
+           interp: str, flops: str) -> list[str]:
     sha = base.tokenizer_sha
     notes = [f"All runs use the same tokenizer ({sha[:12]}…)" if sha else "Tokenizer not verified",
              f"FLOPs: the trainer's cumulative counts, every stage included; \"exact\" counts "
-             f"frozen weights' input gradients and the attention core, the seed formula is "
+             f"frozen weights' input gradients and the attention core, the 6·N·D formula is "
              f"6·N_trainable + 2·N_frozen. Comparisons use the {flops} count.",
              f"FLOPs to baseline loss: the first point where the validation curve of the final "
              f"model (the stages that train the final shape; FLOPs of every stage included) "
@@ -155,17 +98,20 @@ def _notes(runs: Sequence[Run], base: Run, warnings: list[str], interp: str, flo
              "Reductions are relative to the baseline; negative = more than the baseline. Train "
              "time is the sum of the optimizer steps' times (evaluations and checkpoints excluded); "
              "tokens/s = tokens / train time."]
+    notes += memory_notes(runs, rows)
     notes += [f"{r.name}: **{r.status}** — numbers are up to its latest record" for r in runs
               if not r.complete]
-    return notes + warnings
+    notes += [f"{r.name}: only {len(r.evals)} validation point{'s' if len(r.evals) != 1 else ''}, "
+              f"so its curve and its FLOPs to the baseline's loss are coarse (set run.eval_every "
+              f"for more)" for r in runs if len(r.evals) < 5]
+    return notes + [p for r in runs for p in r.problems] + warnings
 
 
 def build_document(runs: Sequence[Run], base: Run, out: Path, interp: str = "log",
                    flops: str = "exact", neighbours: int | None = None,
                    warnings: list[str] | None = None, title: str | None = None,
-                   preface: Sequence = ()) -> Document:
+                   preface: Sequence = (), formats: Sequence[str] = ("png",)) -> Document:
     from growlm import __version__
-    from growlm.report import plots
 
     rows = cmp.summarize(runs, base, interp, flops)
     doc = Document(title or f"growlm compare: {len(runs)} runs, baseline {base.name}")
@@ -174,9 +120,10 @@ def build_document(runs: Sequence[Run], base: Run, out: Path, interp: str = "log
     for block in preface:
         doc.add(block)
     doc.add(Heading("Summary"))
-    doc.add(Table(SUMMARY_HEADER, summary_rows(rows), "lllrrrrrrrrrrrrr"))
-    doc.add(Bullets(_notes(runs, base, warnings or [], interp, flops)))
-    for block in _eval_blocks(runs):
+    doc.add(compute_table(rows))
+    doc.add(memory_table(rows))
+    doc.add(Bullets(_notes(runs, rows, base, warnings or [], interp, flops)))
+    for block in eval_blocks(runs):
         doc.add(block)
     if neighbours:
         from growlm.report.neighbours import overlap_table
@@ -189,36 +136,36 @@ def build_document(runs: Sequence[Run], base: Run, out: Path, interp: str = "log
         doc.add(Table(["run", "embedding", "head"],
                       [[n, fmt_score(e), fmt_score(h)] for n, e, h in table]))
     doc.add(Heading("Stages"))
-    doc.add(_stage_table(runs))
+    doc.add(stage_table(runs))
     doc.add(Heading("Plots"))
-    for name, caption in plots.all_plots(runs, out):
-        doc.add(Image(name, caption))
+    for name, caption in all_plots(runs, out, formats):
+        stem, shown = name.rsplit(".", 1)
+        others = [f"{stem}.{f}" for f in formats if f != shown]
+        doc.add(Image(name, caption + (f" (also {', '.join(others)})" if others else "")))
     return doc
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_report(runs: Sequence[str | Path | Run], baseline: str | Path | Run, out: str | Path,
                  interp: str = "log", flops: str = "exact", neighbours: int | None = None,
-                 title: str | None = None, preface: Sequence = (), extra: Sequence = ()) -> Path:
-    """Write report.md, report.html and the PNGs into `out`; return the path of report.md.
+                 title: str | None = None, preface: Sequence = (), extra: Sequence = (),
+                 formats: Sequence[str] = ("png",)) -> Path:
+    """Write report.md, report.html and the plots into `out`; return the path of report.md.
 
-    `preface` blocks (document.Heading/Paragraph/Table/...) go before the summary, `extra`
-    blocks after the plots, e.g. a benchmark's conclusions and hardware notes. GrowlmError for
-    runs that are not comparable."""
+    `formats`: the plot files written ("png", "svg", "pdf"; see `parse_formats`); the report
+    shows the PNGs, else the SVGs. `preface` blocks (document.Heading/Paragraph/Table/...) go
+    before the summary, `extra` blocks after the plots, e.g. a benchmark's conclusions and
+    hardware notes. GrowlmError for runs that are not comparable or a bad `out`."""
+    formats = parse_formats(formats)
     loaded, base = cmp.load_runs(runs, baseline)
     warnings = cmp.check_comparable(loaded)
-    out = Path(out)
+    out = check_output_dir(out, "--out")
     out.mkdir(parents=True, exist_ok=True)
-    doc = build_document(loaded, base, out, interp, flops, neighbours, warnings, title, preface)
+    doc = build_document(loaded, base, out, interp, flops, neighbours, warnings, title, preface,
+                         formats)
     for block in extra:
         doc.add(block)
     from growlm.report.html import to_html
 
-    _write_atomic(out / "report.html", to_html(doc, out))
-    _write_atomic(out / "report.md", doc.to_markdown())
+    atomic_write_text(out / "report.html", to_html(doc, out))
+    atomic_write_text(out / "report.md", doc.to_markdown())
     return out / "report.md"

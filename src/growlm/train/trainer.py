@@ -237,7 +237,8 @@ class Trainer:
     def _open_metrics(self, metrics_path: Path) -> MetricsWriter | None:
         if self.rank != 0:
             return None
-        return MetricsWriter(metrics_path, self.cfg.run.tensorboard, self.cfg.run.wandb, self.cfg.run.name)
+        return MetricsWriter(metrics_path, self.cfg.run.tensorboard, self.cfg.run.wandb, self.cfg.run.name,
+                             config=self.cfg.model_dump(mode="json"))
 
     def _restore(self, saved: Saved | None, metrics_path: Path):
         """(hand-off, first stage index, checkpoint to resume inside that stage)."""
