@@ -238,10 +238,13 @@ def test_prepare_keeps_whole_document_ids_for_every_tokenizer_layout(tmp_path, s
     write_jsonl(tmp_path / "docs.jsonl", [{"text": d} for d in docs])
     shards = prepare(tmp_path / "out", [tmp_path / "docs.jsonl"], tokenizer=tmp_path / "tok.json",
                      val_fraction=0, progress=False, log=print, piece_chars=300)
+    from growlm.data.tokenizer import bos_policy
+
     tok = load_tokenizer(tmp_path / "tok.json")
+    start = list(bos_policy(tok).start)  # the tokenizer's own document start (<s> for Llama-2)
     tok.encode_special_tokens = True
     eos = eos_id(tok)
-    expected = [t for d in docs for t in tok.encode(d, add_special_tokens=False).ids + [eos]]
+    expected = [t for d in docs for t in start + tok.encode(d, add_special_tokens=False).ids + [eos]]
     assert np.asarray(shards.tokens("train")).tolist() == expected
 
 

@@ -51,7 +51,7 @@ def test_checkpoint_with_lora_is_merged(tmp_path, model, tok_file):
     expected = model.state_dict()["layers.0.self_attn.q_proj.weight"] + 0.5 * b @ a
     assert torch.allclose(loaded.layers["0"].self_attn.q_proj.weight, expected, atol=1e-6)
     assert info["global_step"] == 7 and tok is not None
-    assert info["stage"] == 2  # meta.json's stage index 1 is the second stage for a user
+    assert info["stage"] == 1  # meta.json counts stages from 1, as users do
 
 
 def test_own_merge_matches_formula():
