@@ -134,7 +134,7 @@ def render(template: str, fields: dict) -> str:
 
 def _total_flops(text: str) -> tuple[int, list[dict]]:
     from growlm.config import config_from_dict
-    from growlm.plan.recipe_plan import plan_recipe
+    from growlm.train.plan import plan_recipe
 
     cfg = config_from_dict(tomllib.loads(text), "reproduction recipe")
     plan = plan_recipe(cfg)

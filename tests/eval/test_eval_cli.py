@@ -147,7 +147,7 @@ def test_progress_lines_when_piped_and_quiet_silences_them(hf_model, shards, cap
 
 
 def test_nan_is_written_as_null(tmp_path, capsys):
-    from growlm.eval.cli import STDOUT, _emit
+    from growlm.cli.eval import STDOUT, _emit
 
     _emit({"rho": float("nan"), "n": [1.0, float("inf")]}, STDOUT)
     assert json.loads(capsys.readouterr().out) == {"rho": None, "n": [1.0, None]}

@@ -115,7 +115,7 @@ def test_step_writes_a_recipe_that_loads(tmp_path, capsys, embed_head):
     depth = [s.model.n_layers for s in stages]
     assert depth == [sum(split[: i + 1]) for i in range(3)]
     assert cfg.stage[1].grow.op == "interpolate" and cfg.stage[1].adapters.rank == 4
-    from growlm.plan.recipe_plan import plan_recipe
+    from growlm.train.plan import plan_recipe
 
     plan = plan_recipe(cfg)
     eh = cfg.model.params_embedding + cfg.model.params_head + cfg.model.d_model

@@ -8,7 +8,7 @@ from growlm.config import load_recipe
 from growlm.plan.flops import count_flops
 from growlm.plan.layout import parameter_names
 from growlm.plan.memory import adapter_params_by_linear, model_state_bytes
-from growlm.plan.recipe_plan import format_plan, measured_by_stage, plan_recipe
+from growlm.train.plan import format_plan, measured_by_stage, plan_recipe
 
 HEAD = """
 [run]
@@ -151,7 +151,7 @@ def test_measured_numbers_from_metrics(tmp_path):
     plan = plan_recipe(cfg)
     assert plan["stages"][1]["measured"]["flops"] == 5000
     assert "measured" in format_plan(plan)
-    from growlm.plan.chart import plot_plan
+    from growlm.report.plan_chart import plot_plan
 
     png = plot_plan(plan, tmp_path / "plan.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

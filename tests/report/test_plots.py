@@ -6,8 +6,8 @@ import re
 import pytest
 
 from growlm.cli import main
-from growlm.plan.chart import plot_plan
 from growlm.report import load_run
+from growlm.report.plan_chart import plot_plan
 from growlm.report.plots import _figure, _power_of_ten, log_x, val_loss_figure
 
 BASE = [(1e12, 4.0), (3e12, 3.4), (1e13, 3.0), (3e13, 2.7), (1e14, 2.5)]

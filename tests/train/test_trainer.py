@@ -171,7 +171,7 @@ def test_batch_not_divisible_by_micro_batch(write_recipe):
 
 
 def test_galore_stage_memory_estimate_matches_the_live_tensors(write_recipe):
-    from growlm.plan.recipe_plan import plan_recipe
+    from growlm.train.plan import plan_recipe
 
     recipe = write_recipe("""
 [optim]

@@ -2,8 +2,8 @@
 
 The trainer imports `count_flops` every stage, so this package imports only the accounting
 eagerly; the STEP solver (scipy) and the rest load on first use. A recipe's plan
-(`growlm.plan.recipe_plan`) builds the stages with the trainer's boundary code, so it sits
-above the trainer and is not re-exported here.
+(`growlm.train.plan`) builds the stages with the trainer's boundary code, so it lives with
+the trainer.
 """
 
 from growlm.plan.flops import FlopCount, count_flops

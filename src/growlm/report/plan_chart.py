@@ -19,7 +19,7 @@ FORMATS = ("png", "svg", "pdf")
 STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9,
          "ytick.labelsize": 9, "legend.fontsize": 9, "svg.fonttype": "none", "pdf.fonttype": 42,
          "svg.hashsalt": "growlm"}
-# What a stage's "measured" entry may hold (recipe_plan.measured_by_stage), and its label.
+# What a stage's "measured" entry may hold (growlm.train.plan.measured_by_stage), and its label.
 # "peak_bytes" is the older name: the trainer's figure that was model state on CPU and the
 # allocator's peak on CUDA.
 MEASURED = (("model_state_bytes", "model state, measured", "o"),
@@ -28,7 +28,7 @@ MEASURED = (("model_state_bytes", "model state, measured", "o"),
 
 
 def plot_plan(plan: dict, path: Path, formats: Sequence[str] = ()) -> Path:
-    """Write the chart for a plan (see recipe_plan.plan_recipe) and return its path.
+    """Write the chart for a plan (see growlm.train.plan.plan_recipe) and return its path.
 
     The format is `path`'s suffix (.png, .svg or .pdf); `formats` adds copies beside it in
     other formats (plan.svg, plan.pdf). Each file is written atomically."""

@@ -14,14 +14,14 @@ import sys
 
 SUBCOMMANDS = {
     "demo": ("growlm.demo", "prepare the built-in corpus and train a tiny baseline and staged run"),
-    "data": ("growlm.data.cli", "prepare token shards from text files or HF datasets"),
-    "train": ("growlm.train.cli", "train a recipe (all stages; --resume continues)"),
-    "plan": ("growlm.plan.cli", "FLOP and memory plan of a recipe; STEP and Gstack planners"),
-    "eval": ("growlm.eval.cli", "perplexity, zero-shot tasks, word similarity, neighbour overlap"),
+    "data": ("growlm.cli.data", "prepare token shards from text files or HF datasets"),
+    "train": ("growlm.cli.train", "train a recipe (all stages; --resume continues)"),
+    "plan": ("growlm.cli.plan", "FLOP and memory plan of a recipe; STEP and Gstack planners"),
+    "eval": ("growlm.cli.eval", "perplexity, zero-shot tasks, word similarity, neighbour overlap"),
     "export": ("growlm.model.hf_cli", "write a run or checkpoint as a HF Llama folder"),
-    "compare": ("growlm.report.cli", "compare runs at equal FLOPs: report.md, HTML and plots"),
+    "compare": ("growlm.cli.compare", "compare runs at equal FLOPs: report.md, HTML and plots"),
     "sweep": ("growlm.sweep", "run a recipe over a grid of --set values and pick the best"),
-    "sft": ("growlm.sft.cli", "supervised fine-tuning on instruction data"),
+    "sft": ("growlm.cli.sft", "supervised fine-tuning on instruction data"),
     "generate": ("growlm.sft.generate", "generate text from a checkpoint or HF folder"),
 }
 

@@ -73,7 +73,7 @@ def _recipe_parser() -> argparse.ArgumentParser:
 
 def _run_recipe(a: argparse.Namespace) -> int:
     from growlm.config import load_recipe
-    from growlm.plan.recipe_plan import format_plan, plan_recipe
+    from growlm.train.plan import format_plan, plan_recipe
 
     cfg = load_recipe(a.recipe, a.overrides)
     plan = plan_recipe(cfg)
@@ -84,7 +84,7 @@ def _run_recipe(a: argparse.Namespace) -> int:
         raise GrowlmError(f"--out {out}: cannot create the folder ({e.strerror})") from None
     _write_text(out / "plan.json", json.dumps(plan, indent=2) + "\n")
     if not a.no_chart:
-        from growlm.plan.chart import plot_plan
+        from growlm.report.plan_chart import plot_plan
 
         plot_plan(plan, out / "plan.png")
     if a.json:

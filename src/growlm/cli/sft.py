@@ -243,8 +243,8 @@ def _default_name(weights: Path) -> str:
 
 
 def run(args) -> int:
+    from growlm.cli.train import run_to_end
     from growlm.sft.trainer import SFTTrainer
-    from growlm.train.cli import run_to_end
     from growlm.train.distributed import maybe_init_distributed
 
     cfg, data, notes = build_run(args)
