@@ -171,6 +171,30 @@ GROWN = _sub("[[stage]]\nsteps = 2", '[[stage]]\nn_layers = 1\nsteps = 2\n[[stag
              'grow = { op = "stack", factor = 2 }\nsteps = 2')
 
 
+def _optim(line: str) -> Callable[[str], str]:
+    return _sub("[train]", f"[optim]\n{line}\n[train]")
+
+
+def _run(line: str) -> Callable[[str], str]:
+    return _sub('name = "bad"', f'name = "bad"\n{line}')
+
+
+# Three stages, the last one impossible in a way only building it shows: refused before any
+# step, by train, train --dry-run and plan alike.
+THREE = ('[[stage]]\nn_layers = 1\nsteps = 2\n[[stage]]\ngrow = { op = "stack", factor = 2 }\n'
+         'steps = 2\nSECOND[[stage]]\ngrow = { op = "stack", factor = 2 }\nsteps = 2\nTHIRD')
+
+
+def _three(third: str, second: str = "", command: str = "train") -> Callable:
+    def setup(c: Ctx, t: Path) -> list[str]:
+        edit = _sub("n_layers = 1\n", "n_layers = 4\n")
+        text = THREE.replace("SECOND", second).replace("THIRD", third)
+        recipe = c.recipe(t, lambda r: edit(r).replace("[[stage]]\nsteps = 2\n", text))
+        return {"train": ["train", recipe, "--quiet"], "dry": ["train", recipe, "--dry-run"],
+                "plan": ["plan", recipe, "--out", str(t / "plan")]}[command]
+    return setup
+
+
 @dataclass
 class Case:
     id: str
@@ -230,6 +254,42 @@ def _resume_pickled_state(c: Ctx, t: Path) -> list[str]:
     (ckpt_dir / "train_state.pt").write_bytes(pickle.dumps(_Payload(t / "pwned")))
     rehash(ckpt_dir)
     return ["train", recipe, "--resume", "--quiet"]
+
+
+def _resume_without_run_json(c: Ctx, t: Path) -> list[str]:
+    recipe = copy_run(c, t, _sub("warmup_steps = 1", "warmup_steps = 2"))
+    (t / "run" / "run.json").unlink()
+    return ["train", recipe, "--resume", "--quiet"]
+
+
+def _resume_garbled_run_json(c: Ctx, t: Path) -> list[str]:
+    recipe = copy_run(c, t)
+    (t / "run" / "run.json").write_text('{"fingerprint": ')
+    return ["train", recipe, "--resume", "--quiet"]
+
+
+def _resume_run_json_list(c: Ctx, t: Path) -> list[str]:
+    recipe = copy_run(c, t)
+    (t / "run" / "run.json").write_text("[1, 2]")
+    return ["train", recipe, "--resume", "--quiet"]
+
+
+def _resume_empty_train_state(c: Ctx, t: Path) -> list[str]:
+    recipe = adopt_run(c, t)
+    for ckpt_dir in (t / "run" / "checkpoints").glob("step_*"):
+        torch.save({}, ckpt_dir / "train_state.pt")
+        rehash(ckpt_dir)
+    return ["train", recipe, "--resume", "--quiet"]
+
+
+def _meta_as_list(d: Path) -> None:
+    (d / "meta.json").write_text("[1, 2, 3]")
+
+
+def _meta_files_without_bytes(d: Path) -> None:
+    meta = json.loads((d / "meta.json").read_text())
+    del meta["files"]["model.safetensors"]["bytes"]
+    (d / "meta.json").write_text(json.dumps(meta))
 
 
 def _resume_all_damaged(c: Ctx, t: Path) -> list[str]:
@@ -295,6 +355,69 @@ CASES = [
          r"changed since the run started"),
     Case("recipe/existing-run-without-resume", lambda c, t: ["train", copy_run(c, t), "--quiet"],
          r"already holds checkpoints; pass --resume"),
+    Case("resume/changed-lr-on-the-command-line",
+         lambda c, t: ["train", adopt_run(c, t), "--resume", "--quiet", "--set", "optim.lr=0.5"],
+         r"settings changed since the run started"),
+    Case("resume/changed-schedule", lambda c, t: ["train", copy_run(c, t, _sub("warmup_steps = 1", "warmup_steps = 2")),
+                                                  "--resume", "--quiet"], r"settings changed since the run started"),
+    Case("resume/changed-data", lambda c, t: ["train", copy_run(c, t), "--resume", "--quiet", "--set",
+                                              f"data.train={json.dumps(str(copy(c.shards, t / 'other')))}"],
+         r"settings changed since the run started"),
+    Case("resume/run-json-deleted-then-changed", _resume_without_run_json,
+         r"this checkpoint was written by a recipe with other settings"),
+    Case("resume/garbled-run-json", _resume_garbled_run_json, r"run\.json: run record is not valid JSON"),
+    Case("resume/run-json-a-list", _resume_run_json_list, r"run\.json: run record must be a JSON object, got list"),
+    Case("resume/empty-train-state", _resume_empty_train_state, r"train_state\.pt: training state lacks 'loader'"),
+    Case("recipe/lr-infinite", _train(_optim("lr = inf")), r"optim\.lr: .*finite"),
+    Case("recipe/weight-decay-infinite", _train(_optim("weight_decay = inf")), r"optim\.weight_decay: .*finite"),
+    Case("recipe/eps-infinite", _train(_optim("eps = inf")), r"optim\.eps: .*finite"),
+    Case("recipe/eps-nan", _train(_optim("eps = nan")), r"optim\.eps: .*finite"),
+    Case("recipe/beta-above-one", _train(_optim("betas = [1.5, 0.9]")), r"optim\.betas: each beta must be in \[0, 1\)"),
+    Case("recipe/beta-nan", _train(_optim("betas = [nan, 0.9]")), r"optim\.betas\.0: .*finite"),
+    Case("recipe/tokens-infinite", _train(_sub("steps = 2", "tokens = inf")), r"stage\.1\.tokens: .*finite"),
+    Case("recipe/tokens-overflow", _train(_sub("steps = 2", 'tokens = "1e400"')), r"stage\.1\.tokens: .*finite"),
+    Case("recipe/disk-budget-infinite", _train(_run("disk_budget = inf")), r"run\.disk_budget: .*finite"),
+    Case("recipe/seed-negative", _train(_run("seed = -1")), r"run\.seed: .*greater than or equal to 0"),
+    Case("recipe/seed-too-large", lambda c, t: ["train", c.recipe(t), "--set", "run.seed=18446744073709551616"],
+         r"run\.seed: .*less than or equal to 4294967295"),
+    Case("recipe/max-seq-len-absurd", _train(_sub("max_seq_len = 64", "max_seq_len = 4e9")),
+         r"model\.max_seq_len: .*less than or equal to"),
+    Case("recipe/run-name-escapes", _train(_sub('name = "bad"', 'name = "../../escaped"')),
+         r"run\.name: must be a single folder name"),
+    Case("recipe/eval-every-negative", _train(_run("eval_every = -1")), r"run\.eval_every: must be >= 0"),
+    Case("recipe/no-stages", lambda c, t: ["train", c.recipe(t), "--set", "stage=[]"],
+         r"the stage list cannot be replaced"),
+    Case("recipe/stage-set-to-number", lambda c, t: ["train", c.recipe(t), "--set", "stage.1=5"],
+         r"stage\.1 is a table; set one of its keys"),
+    Case("recipe/init-on-a-later-stage", _train(_sub("[[stage]]\nsteps = 2", '[[stage]]\nsteps = 1\n[[stage]]\n'
+                                                    'init = "somewhere"\nsteps = 1')),
+         r"stage\.2\.init: only the first stage can start from an init source"),
+    Case("recipe/map-on-first-stage", _train(_add('optimizer_state = "map"\n')),
+         r"stage\.1\.optimizer_state: 'map' needs a previous stage"),
+    Case("recipe/lora-with-reset-interval", _train(_add('freeze = ["layers"]\nadapters = { kind = "lora", '
+                                                         'rank = 2, reset_every = 1, rewarmup_steps = 0 }\n')),
+         r"stage\.1\.adapters\.reset_every: plain LoRA never merges"),
+    # the later stage cannot be built: found before stage 1 trains
+    Case("stage3/adapter-rank-too-large", _three('freeze = ["inherited"]\nadapters = { rank = 999, reset_every = 1, rewarmup_steps = 0 }\n'),
+         r"stage\.3\.adapters\.rank: 999 exceeds the smaller dimension of layers\.0\."),
+    Case("stage3/adapter-rank-too-large-dry-run",
+         _three('freeze = ["inherited"]\nadapters = { rank = 999, reset_every = 1, rewarmup_steps = 0 }\n', command="dry"),
+         r"stage\.3\.adapters\.rank: 999"),
+    Case("stage3/adapter-rank-too-large-plan",
+         _three('freeze = ["inherited"]\nadapters = { rank = 999, reset_every = 1, rewarmup_steps = 0 }\n', command="plan"),
+         r"stage\.3\.adapters\.rank: 999"),
+    Case("stage3/alpha-and-scale-disagree",
+         _three('freeze = ["inherited"]\nadapters = { rank = 2, alpha = 4, scale = 0.5, reset_every = 1, rewarmup_steps = 0 }\n'),
+         r"stage\.3\.adapters\.scale: alpha \(4\.0\) / rank \(2\) != scale \(0\.5\)"),
+    Case("stage3/everything-frozen", _three('freeze = ["*"]\n'), r"stage\.3\.freeze: every parameter is frozen"),
+    Case("stage3/adapters-with-nothing-frozen", _three('adapters = { rank = 2, reset_every = 1, rewarmup_steps = 0 }\n'),
+         r"stage\.3\.adapters\.targets: no frozen linear layer matches"),
+    Case("stage3/freeze-pattern-matches-nothing", _three('freeze = ["layers.9.*"]\n'),
+         r"stage\.3\.freeze: pattern 'layers\.9\.\*' matches no parameter"),
+    Case("stage2/galore-moments-into-adamw", _three('optimizer_state = "map"\n', second='optimizer = "galore"\n'),
+         r"stage\.3\.optimizer_state: 'map' carries optimizer state between stages with the same optimizer"),
+    Case("stage2/adamw-moments-into-galore", _three('optimizer = "galore"\noptimizer_state = "map"\n'),
+         r"stage\.3\.optimizer_state: .*'adamw' and this one 'galore'"),
     # CLI arguments
     Case("cli/unknown-flag", lambda c, t: ["train", c.recipe(t), "--bogus"], r"unrecognized arguments: --bogus"),
     Case("cli/missing-argument", lambda c, t: ["train"], r"arguments are required: recipe"),
@@ -344,6 +467,11 @@ CASES = [
          r"model\.safetensors: corrupted checkpoint file \(checksum mismatch\)"),
     Case("ckpt/garbled-meta", _ckpt_case(lambda d: (d / "meta.json").write_text("{")),
          r"corrupted checkpoint metadata"),
+    Case("ckpt/meta-is-a-list", _ckpt_case(_meta_as_list), r"meta\.json: corrupted checkpoint metadata \(a JSON list"),
+    Case("ckpt/meta-file-entry-without-bytes", _ckpt_case(_meta_files_without_bytes),
+         r"files\.model\.safetensors needs bytes and sha256"),
+    Case("ckpt/meta-edited", _ckpt_case(lambda d: _edit_json(d / "meta.json", stage_step=999)),
+         r"meta\.json: checkpoint metadata was modified \(checksum mismatch\)"),
     Case("ckpt/pickle-file-offered", _export_pickle_file, r"model\.pt: is a pickle file"),
     Case("ckpt/pickle-as-train-state", _resume_pickled_state, r"refused or unreadable training state"),
     Case("ckpt/all-checkpoints-damaged", _resume_all_damaged,
@@ -411,4 +539,5 @@ def test_bad_input_gives_one_clear_line(case: Case, ctx: Ctx, tmp_path, capsys, 
 
 def test_the_sweep_is_broad():
     kinds = {c.id.split("/")[0] for c in CASES}
-    assert len(CASES) >= 30 and kinds == {"recipe", "cli", "data", "ckpt", "hf", "disk"}
+    assert len(CASES) >= 90 and kinds == {"recipe", "resume", "stage2", "stage3", "cli", "data", "ckpt",
+                                          "hf", "disk"}

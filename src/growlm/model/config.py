@@ -30,7 +30,8 @@ class ModelConfig(BaseModel):
     n_kv_heads: int | None = Field(None, gt=0)
     ffn_dim: int | None = Field(None, gt=0)
     block: Literal["full", "attn_only"] = "full"
-    max_seq_len: int = Field(1024, gt=0)
+    # RoPE tables are built for the whole context; 2M positions is beyond every open model's
+    max_seq_len: int = Field(1024, gt=0, le=2**21)
     rope_theta: float = Field(10000.0, gt=0)
     norm_eps: float = Field(1e-5, gt=0)
     tie_embeddings: bool = False

@@ -153,7 +153,7 @@ def _freeze_and_adapt(cfg, stage, model: nn.Module, provenance: dict, seed: int,
             adapter_scale(spec.adapters)
             gen = None if meta else torch.Generator().manual_seed(seed)
             adapters = apply_adapters(model, spec.adapters, frozen, generator=gen)
-    check_trainable(model, where)
+    check_trainable(model, f"{where}.freeze")
     return frozen, adapters
 
 
