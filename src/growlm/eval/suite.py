@@ -22,8 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import growlm.eval.perplexity as perplexity
+import growlm.eval.wordsim as wordsim
+import growlm.eval.zeroshot as zeroshot
 from growlm.errors import GrowlmError
-from growlm.eval import perplexity, wordsim, zeroshot
 from growlm.eval.scoring import max_context
 from growlm.eval.tasks import ALIASES, TASKS, load_examples
 from growlm.progress import progress as progress_bar
