@@ -175,14 +175,14 @@ def test_config_round_trip_and_refusals():
     legacy = {k: v for k, v in base.items() if k != "rope_parameters"} | {"rope_theta": 1e6}
     assert from_hf_config(legacy).rope_theta == 1e6  # transformers < 5 layout
     bad = [
-        ("rope_scaling", {"rope_type": "linear", "factor": 2.0}),
         ("rope_parameters", {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}),
-        ("attention_bias", True),
         ("mlp_bias", True),
         ("hidden_act", "gelu"),
-        ("model_type", "mistral"),
+        ("model_type", "gemma"),
         ("architectures", ["LlamaForSequenceClassification"]),
-        ("head_dim", 32),
+        ("attention_dropout", 0.1),
+        ("partial_rotary_factor", 0.5),
+        ("sliding_window", 4096),
     ]
     for field, value in bad:
         with pytest.raises(GrowlmError, match=field):
