@@ -100,7 +100,15 @@ def from_hf_config(d: dict) -> ModelConfig:
     n_layers = _int(d, "num_hidden_layers")
     hidden = _int(d, "intermediate_size")
     kv = _opt_int(d, "num_key_value_heads") or n_heads
+    if n_heads % kv:
+        raise GrowlmError(f"HF config field num_key_value_heads = {kv}: must divide "
+                          f"num_attention_heads ({n_heads})")
     head_dim = _opt_int(d, "head_dim", _QWEN3_HEAD_DIM if family == "qwen3" else None)
+    if head_dim is None and d_model % n_heads:
+        raise GrowlmError(f"HF config field num_attention_heads = {n_heads}: must divide "
+                          f"hidden_size ({d_model}) when head_dim is not given")
+    if (head_dim or d_model // n_heads) % 2:
+        raise GrowlmError(f"HF config field head_dim = {head_dim or d_model // n_heads}: must be even for RoPE")
     if head_dim == d_model // n_heads and d_model % n_heads == 0:
         head_dim = None  # the derived width: keep the config in its shortest form
     max_pos = _int(d, "max_position_embeddings", _MAX_POSITIONS[family])
@@ -213,13 +221,13 @@ def _sliding_window(d: dict, family: str, n_layers: int, max_pos: int) -> int | 
     if family == "mistral":
         used = window is not None
     else:  # Qwen: only with use_sliding_window, and only on layers from max_window_layers up
-        if not _bool(d, "use_sliding_window", False):
-            return None  # transformers sets sliding_window to None in this case
-        first = _int(d, "max_window_layers", _DEFAULT_MAX_WINDOW_LAYERS, minimum=0)
         types = d.get("layer_types")
         kinds = ("full_attention", "sliding_attention")
         if types is not None and (not isinstance(types, list) or any(t not in kinds for t in types)):
             raise _refuse("layer_types", types, "a list of 'full_attention' / 'sliding_attention' or null")
+        if not _bool(d, "use_sliding_window", False):
+            return None  # transformers sets sliding_window to None in this case
+        first = _int(d, "max_window_layers", _DEFAULT_MAX_WINDOW_LAYERS, minimum=0)
         # transformers 5 reads layer_types when given, 4 reads max_window_layers: a window
         # either of them would apply counts as used
         used = window is not None and ("sliding_attention" in (types or []) or first < n_layers)

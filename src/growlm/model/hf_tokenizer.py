@@ -10,9 +10,10 @@ the tokenizer itself, so the folder encodes text exactly as the run did:
        Llama 2 / Mistral, `<|begin_of_text|>` in Llama 3); a tokenizer that adds none uses its
        end-of-document marker for both, as GPT-2, SmolLM and Qwen's base models do.
 
-`tokenizer_config.json` leaves `add_bos_token` / `add_eos_token` out on purpose: transformers 5
-rebuilds the post-processor when they are present, which would change the encoding. Re-exporting
-an HF folder copies that folder's own tokenizer files and special-token ids instead.
+`tokenizer_config.json` leaves `add_bos_token` / `add_eos_token` out on purpose: the
+post-processor in tokenizer.json decides, and transformers 5 has a path that rebuilds the
+post-processor from those flags when they are given. Re-exporting an HF folder copies that
+folder's own tokenizer files and special-token ids instead.
 """
 
 from __future__ import annotations
