@@ -85,3 +85,19 @@ def test_reexport_keeps_the_folders_own_tokenizer_files(tmp_path):
         assert (b / name).read_bytes() == (a / name).read_bytes(), name
     exported = json.loads((b / "config.json").read_text())
     assert exported["bos_token_id"] is None and exported["eos_token_id"] == 0
+
+
+def test_init_folder_tokenizer_must_match_the_data(tmp_path):
+    from growlm.data.tokenizer import load_tokenizer, tokenizer_sha256
+    from growlm.errors import GrowlmError
+    from growlm.model.hf_tokenizer import check_init_tokenizer
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    check_init_tokenizer(folder, "0" * 64, "stage.1.init")  # no tokenizer.json: nothing to compare
+    _tokenizer("llama3", folder / "tokenizer.json")
+    own = tokenizer_sha256(load_tokenizer(folder / "tokenizer.json"))
+    check_init_tokenizer(folder, own, "stage.1.init")
+    other = tokenizer_sha256(load_tokenizer(_tokenizer("qwen", tmp_path / "other.json")))
+    with pytest.raises(GrowlmError, match=r"stage.1.init: .* --tokenizer"):
+        check_init_tokenizer(folder, other, "stage.1.init")

@@ -158,6 +158,23 @@ def write_tokenizer_files(folder: Path, tokenizer_json: Path, data: dict,
     atomic_write_json(folder / "special_tokens_map.json", tokens, indent=2)
 
 
+def check_init_tokenizer(folder: str | Path, data_tokenizer_sha256: str, where: str) -> None:
+    """GrowlmError when the HF folder a run starts from has a tokenizer.json that is not the one
+    its data was prepared with (identity: `growlm.data.tokenizer.tokenizer_sha256`). A model
+    fed another tokenizer's ids trains, but on nonsense; a folder without tokenizer.json has
+    nothing to compare and passes."""
+    from growlm.data.tokenizer import load_tokenizer, tokenizer_sha256
+
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        return
+    if tokenizer_sha256(load_tokenizer(path)) != data_tokenizer_sha256:
+        raise GrowlmError(
+            f"{where}: {folder} comes with its own tokenizer.json, but the data was prepared with "
+            f"a different tokenizer; prepare it with `growlm data prepare ... --tokenizer {folder}`"
+        )
+
+
 def copy_side_files(source: Path, folder: Path) -> list[str]:
     """Copy an HF folder's tokenizer description files (those present) into `folder`."""
     copied = []
