@@ -75,9 +75,9 @@ def _check_state(cfg: ModelConfig, state: dict[str, torch.Tensor], where: str) -
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise GrowlmError(
-            f"{where} does not match the model config ({cfg.model_type}): missing {missing[:3]}"
+            f"{where} does not match the model config: missing {missing[:3]}"
             f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
-            f"{'...' if len(unexpected) > 3 else ''}"
+            f"{'...' if len(unexpected) > 3 else ''} (for a {cfg.model_type} model)"
         )
     for name, shape in expected.items():
         if tuple(state[name].shape) != shape:
