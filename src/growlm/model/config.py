@@ -130,7 +130,8 @@ class ModelConfig(BaseModel):
                 "unless head_dim is given"
             )
         if self.head_size % 2:
-            raise ValueError(f"head_dim = {self.head_size} must be even for RoPE")
+            what = "head_dim" if self.head_dim else "d_model/n_heads"
+            raise ValueError(f"head dim {what} = {self.head_size} must be even for RoPE")
         if self.n_heads % self.kv_heads:
             raise ValueError(
                 f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.kv_heads})"
