@@ -1,11 +1,13 @@
 """A plain LLaMA-style decoder whose parameter names match HF's Llama, Mistral and Qwen models.
 
 Names are HF's without the leading `model.` (e.g. `layers.3.self_attn.q_proj.weight`,
-`layers.3.self_attn.q_norm.weight`), so import/export is a rename. The optional features of the
-families growlm imports (q/k/v and o_proj biases, per-head q/k RMSNorm, RoPE scaling, a
-head_dim apart from d_model / n_heads) are switched on by `ModelConfig`; see its docstring. Layers live in a ModuleDict keyed by index so that names
-stay stable when growth inserts or appends layers. Parallelism, compilation and
-activation checkpointing are applied from outside.
+`layers.3.self_attn.q_norm.weight`), so import/export is a rename. The optional features of
+the families growlm imports (q/k/v and o_proj biases, per-head q/k RMSNorm, RoPE scaling, a
+head_dim apart from d_model / n_heads) are switched on by `ModelConfig`; see its docstring.
+Layers live in a ModuleDict keyed by index so that names stay stable when growth inserts or
+appends layers. The autograd kernels are in `growlm.model.kernels`, the RoPE tables in
+`growlm.model.rope`. Parallelism, compilation and activation checkpointing are applied from
+outside.
 """
 
 from __future__ import annotations

@@ -32,9 +32,9 @@ case, slightly less at the bottom of the network. The frozen base weight keeps i
 forward ``4·n_heads·head_dim·T`` per layer and token. The backward consists of four matmuls of
 half that each — dV (needed iff v_proj's output needs a gradient), dP (iff q's or k's does),
 dQ, dK — where a projection's output needs a gradient iff the projection (weight, adapter,
-bias or q/k norm) trains or anything trainable is upstream of it. A trainable layer thus pays 3× forward; the core of a
-layer with nothing trainable at or below its q/k/v pays 1×. It is kept as a separate field and
-included in `exact_total`; the seeds' formula leaves it out.
+bias or q/k norm) trains or anything trainable is upstream of it. A trainable layer thus pays
+3× forward; the core of a layer with nothing trainable at or below its q/k/v pays 1×. It is
+kept as a separate field and included in `exact_total`; the seeds' formula leaves it out.
 """
 
 from __future__ import annotations

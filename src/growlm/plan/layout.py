@@ -27,14 +27,14 @@ from growlm.errors import GrowlmError
 from growlm.model.config import ModelConfig
 
 SLOTS_PER_LAYER = 7  # input norm, qkv, q/k norms, o, post norm, gate/up, down
-QKV_SLOT, QK_NORM_SLOT, O_SLOT, POST_NORM_SLOT, GATE_UP_SLOT = 1, 2, 3, 4, 5
+QKV_SLOT, QK_NORM_SLOT, O_SLOT, POST_NORM_SLOT, GATE_UP_SLOT, DOWN_SLOT = 1, 2, 3, 4, 5, 6
 _ATTN = {"q_proj": QKV_SLOT, "k_proj": QKV_SLOT, "v_proj": QKV_SLOT, "o_proj": O_SLOT}
-_MLP = {"gate_proj": GATE_UP_SLOT, "up_proj": GATE_UP_SLOT, "down_proj": 6}
+_MLP = {"gate_proj": GATE_UP_SLOT, "up_proj": GATE_UP_SLOT, "down_proj": DOWN_SLOT}
 
 
 @dataclass(frozen=True)
 class Weight:
-    name: str  # module path + ".weight" (the head of a tied model is "lm_head.weight")
+    name: str  # module path + ".weight" / ".bias" (a tied model's head is "lm_head.weight")
     param: str  # the parameter that holds it (differs from `name` only for a tied head)
     kind: str  # "embedding" | "linear" | "bias" | "norm"
     slot: int  # position in the forward pass; weights reading the same input share a slot
