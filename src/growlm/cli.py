@@ -18,7 +18,8 @@ SUBCOMMANDS = {
     "train": ("growlm.train.cli", "train a recipe (all stages; --resume continues)"),
     "plan": ("growlm.plan.cli", "FLOP and memory plan of a recipe; STEP and Gstack planners"),
     "eval": ("growlm.eval.cli", "perplexity, zero-shot tasks, word similarity, neighbour overlap"),
-    "export": ("growlm.model.hf_cli", "write a run, checkpoint or HF folder as a HF folder (Llama, Mistral, Qwen2, Qwen3)"),
+    "export": ("growlm.model.hf_cli", "write a run, checkpoint or HF folder as an HF folder of its "
+               "family (Llama, Mistral, Qwen2, Qwen3)"),
     "compare": ("growlm.report.cli", "compare runs at equal FLOPs: report.md, HTML and plots"),
     "sweep": ("growlm.sweep", "run a recipe over a grid of --set values and pick the best"),
     "sft": ("growlm.sft.cli", "supervised fine-tuning on instruction data"),
