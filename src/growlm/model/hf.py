@@ -8,6 +8,7 @@ safetensors are read or written; pickles are refused and no remote code is ever 
 Export writes into a temporary folder with a fixed name beside the target
 (`.<name>.growlm-export-tmp`) and renames it into place, so an interrupted export never leaves
 a half-written target, and the next export to the same place clears what a killed one left.
+(So one target has one exporter at a time: a second export to it clears the first's folder.)
 """
 
 from __future__ import annotations
