@@ -350,7 +350,7 @@ CASES = [
     Case("hf/pytorch-model-bin-only", _hf_case(lambda f: (f / "model.safetensors").rename(f / "pytorch_model.bin")),
          r"only has pickled weights \(pytorch_model\.bin\)"),
     Case("hf/wrong-model-type", _hf_case(lambda f: _edit_json(f / "config.json", model_type="gpt2")),
-         r"model_type = 'gpt2' is not supported"),
+         r"model_type='gpt2' is not supported"),
     Case("hf/garbled-config", _hf_case(lambda f: (f / "config.json").write_text("{")), r"config\.json: HF config is not valid JSON"),
     Case("hf/truncated-weights", _hf_case(lambda f: truncate(f / "model.safetensors", 100)),
          r"not a readable safetensors file"),

@@ -39,7 +39,7 @@ _MISSING = object()
 
 
 def _refuse(field: str, value, allowed: str) -> GrowlmError:
-    return GrowlmError(f"HF config field {field} = {value!r} is not supported; {allowed}")
+    return GrowlmError(f"HF config field {field}={value!r} is not supported; {allowed}")
 
 
 # ---------------------------------------------------------------- typed field readers
@@ -56,7 +56,7 @@ def _get(d: dict, field: str, default=_MISSING):
 def _int(d: dict, field: str, default=_MISSING, minimum: int = 1) -> int:
     value = _get(d, field, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise GrowlmError(f"HF config field {field} = {value!r}: must be an integer >= {minimum}")
+        raise GrowlmError(f"HF config field {field}={value!r}: must be an integer >= {minimum}")
     return value
 
 
@@ -69,14 +69,14 @@ def _float(d: dict, field: str, default=_MISSING, *, positive: bool = True) -> f
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or (positive and value <= 0):
         need = "a positive number" if positive else "a finite number"
-        raise GrowlmError(f"HF config field {field} = {value!r}: must be {need}")
+        raise GrowlmError(f"HF config field {field}={value!r}: must be {need}")
     return float(value)
 
 
 def _bool(d: dict, field: str, default: bool = False) -> bool:
     value = _get(d, field, default)
     if not isinstance(value, bool):
-        raise GrowlmError(f"HF config field {field} = {value!r}: must be true or false")
+        raise GrowlmError(f"HF config field {field}={value!r}: must be true or false")
     return value
 
 
@@ -101,14 +101,15 @@ def from_hf_config(d: dict) -> ModelConfig:
     hidden = _int(d, "intermediate_size")
     kv = _opt_int(d, "num_key_value_heads") or n_heads
     if n_heads % kv:
-        raise GrowlmError(f"HF config field num_key_value_heads = {kv}: must divide "
+        raise GrowlmError(f"HF config field num_key_value_heads={kv}: must divide "
                           f"num_attention_heads ({n_heads})")
     head_dim = _opt_int(d, "head_dim", _QWEN3_HEAD_DIM if family == "qwen3" else None)
     if head_dim is None and d_model % n_heads:
-        raise GrowlmError(f"HF config field num_attention_heads = {n_heads}: must divide "
+        raise GrowlmError(f"HF config field num_attention_heads={n_heads}: must divide "
                           f"hidden_size ({d_model}) when head_dim is not given")
     if (head_dim or d_model // n_heads) % 2:
-        raise GrowlmError(f"HF config field head_dim = {head_dim or d_model // n_heads}: must be even for RoPE")
+        raise GrowlmError(f"HF config field head_dim={head_dim or d_model // n_heads}: must be even "
+                          "for RoPE")
     if head_dim == d_model // n_heads and d_model % n_heads == 0:
         head_dim = None  # the derived width: keep the config in its shortest form
     max_pos = _int(d, "max_position_embeddings", _MAX_POSITIONS[family])
@@ -174,7 +175,7 @@ def _rope(d: dict, max_pos: int) -> tuple[float, RopeScaling | None]:
     top_theta = _float(d, "rope_theta", 10000.0) if d.get("rope_theta") is not None else None
     for field in ("rope_scaling", "rope_parameters"):
         if d.get(field) is not None and not isinstance(d[field], dict):
-            raise GrowlmError(f"HF config field {field} = {d[field]!r}: must be an object or null")
+            raise GrowlmError(f"HF config field {field}={d[field]!r}: must be an object or null")
     spec = dict(d.get("rope_scaling") or d.get("rope_parameters") or {})
     field = "rope_scaling" if d.get("rope_scaling") else "rope_parameters"
     theta = top_theta if top_theta is not None else 10000.0
