@@ -482,7 +482,7 @@ CASES = [
          r"only has pickled weights \(pytorch_model\.bin\)"),
     Case("hf/wrong-model-type", _hf_case(lambda f: _edit_json(f / "config.json", model_type="gpt2")),
          r"model_type='gpt2' is not supported"),
-    Case("hf/garbled-config", _hf_case(lambda f: (f / "config.json").write_text("{")), r"cannot read .*config\.json"),
+    Case("hf/garbled-config", _hf_case(lambda f: (f / "config.json").write_text("{")), r"config\.json: HF config is not valid JSON"),
     Case("hf/truncated-weights", _hf_case(lambda f: truncate(f / "model.safetensors", 100)),
          r"not a readable safetensors file"),
     Case("hf/missing-tensor", _hf_case(_drop_tensor), r"does not match the model config: missing"),

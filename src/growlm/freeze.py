@@ -8,7 +8,7 @@ A stage's `freeze = [...]` list holds patterns; each is either a keyword
   new        every tensor of the provenance that is not inherited (needs provenance)
   embedding  embed_tokens.weight
   head       lm_head.weight
-  norms      every RMSNorm weight (per-layer norms and the final norm)
+  norms      every RMSNorm weight (per-layer norms, per-head q/k norms and the final norm)
   layers     every tensor of the transformer blocks
 
 or a glob over parameter names (fnmatch, case-sensitive: `*` also crosses dots), e.g.
@@ -54,7 +54,7 @@ def _keyword(keyword: str, names: list[str], provenance: Mapping | None) -> set[
     if keyword == "head":
         return {n for n in names if n == "lm_head.weight"}
     if keyword == "norms":
-        return {n for n in names if n == "norm.weight" or n.endswith("layernorm.weight")}
+        return {n for n in names if n.endswith("norm.weight")}
     return {n for n in names if n.startswith("layers.")}  # "layers"
 
 

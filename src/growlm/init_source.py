@@ -75,8 +75,10 @@ def resolve_init(path: str, where: str = "init") -> Path:
     return resolve_best(target, where)
 
 
-def _is_hf_folder(p: Path) -> bool:
-    return (p / "config.json").is_file() and not (p / "meta.json").is_file()
+def is_hf_folder(p: Path) -> bool:
+    """An HF model folder: a config.json, and neither a growlm checkpoint nor a run folder."""
+    return ((p / "config.json").is_file() and not (p / "meta.json").exists()
+            and not (p / "checkpoints").is_dir())
 
 
 def init_config(path: str, where: str) -> ModelConfig:
@@ -84,7 +86,7 @@ def init_config(path: str, where: str) -> ModelConfig:
     from growlm.checkpoint import model_config, read_meta
 
     p = resolve_init(path, where)
-    if _is_hf_folder(p):
+    if is_hf_folder(p):
         from growlm.files import read_json
         from growlm.model.hf import from_hf_config
 
@@ -104,24 +106,52 @@ def init_config(path: str, where: str) -> ModelConfig:
     raise GrowlmError(f"{where}: {path} holds no readable growlm checkpoint or HF config.json")
 
 
-def load_init(path: str, where: str) -> tuple[ModelConfig, dict]:
-    """(config, plain weights) of an init source; adapters a checkpoint carries are merged."""
+def check_init_tokenizer(path: str, data_tokenizer_sha256: str, where: str) -> None:
+    """GrowlmError when the init source carries a tokenizer.json (an HF folder's own, or the copy
+    in a growlm checkpoint) other than the one the data was prepared with: the model would train
+    on another tokenizer's ids. A source without one has nothing to compare and passes."""
+    from growlm.checkpoint import TOKENIZER_FILE, resolve_checkpoint
+    from growlm.data.tokenizer import load_tokenizer, tokenizer_sha256
+
     p = resolve_init(path, where)
-    if _is_hf_folder(p):
+    folder = p if is_hf_folder(p) else resolve_checkpoint(p)
+    tok = folder / TOKENIZER_FILE
+    if tok.is_file() and tokenizer_sha256(load_tokenizer(tok)) != data_tokenizer_sha256:
+        raise GrowlmError(
+            f"{where}: {path} comes with its own tokenizer.json, but the data was prepared with a "
+            f"different tokenizer; prepare it with `growlm data prepare ... --tokenizer {folder}`")
+
+
+def load_source(path: Path) -> tuple[ModelConfig, dict, Path | None]:
+    """(config, plain weights, tokenizer.json or None) of an HF folder, a growlm run or a
+    checkpoint; adapters a checkpoint still carries (saved mid-stage) are merged."""
+    path = Path(path)
+    if is_hf_folder(path):
         from growlm.model.hf import load_hf_folder
 
-        try:
-            return load_hf_folder(p)
-        except GrowlmError as e:
-            raise GrowlmError(f"{where}: {e}") from None
-    from growlm.checkpoint import load_model_state
+        cfg, state = load_hf_folder(path)
+        tok = path / "tokenizer.json"
+        return cfg, state, tok if tok.is_file() else None
+    from growlm.checkpoint import TOKENIZER_FILE, load_model_state, resolve_checkpoint
 
-    try:
-        cfg, state, meta = load_model_state(p)
-    except GrowlmError as e:
-        raise GrowlmError(f"{where}: {e}") from None
+    folder = resolve_checkpoint(path)
+    cfg, state, meta = load_model_state(folder)
     if any(".lora_" in k for k in state):
         from growlm.adapters.lora import merged_state_dict
 
-        state = merged_state_dict(state, (meta.get("adapters") or {}).get("scale", 0.0))
+        adapters = meta.get("adapters") or {}
+        if "scale" not in adapters:
+            raise GrowlmError(f"{folder}: holds LoRA tensors but its meta.json has no adapters.scale "
+                              "to merge them with")
+        state = merged_state_dict(state, float(adapters["scale"]))
+    tok = folder / TOKENIZER_FILE
+    return cfg, state, tok if tok.is_file() else None
+
+
+def load_init(path: str, where: str) -> tuple[ModelConfig, dict]:
+    """(config, plain weights) of an init source (module docstring)."""
+    try:
+        cfg, state, _ = load_source(resolve_init(path, where))
+    except GrowlmError as e:
+        raise GrowlmError(f"{where}: {e}") from None
     return cfg, state

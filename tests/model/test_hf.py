@@ -14,7 +14,6 @@ from growlm.model.hf import (
     to_hf_config,
     to_hf_name,
 )
-from growlm.model.hf_cli import merge_lora
 
 transformers = pytest.importorskip("transformers")
 
@@ -175,14 +174,14 @@ def test_config_round_trip_and_refusals():
     legacy = {k: v for k, v in base.items() if k != "rope_parameters"} | {"rope_theta": 1e6}
     assert from_hf_config(legacy).rope_theta == 1e6  # transformers < 5 layout
     bad = [
-        ("rope_scaling", {"rope_type": "linear", "factor": 2.0}),
         ("rope_parameters", {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}),
-        ("attention_bias", True),
         ("mlp_bias", True),
         ("hidden_act", "gelu"),
-        ("model_type", "mistral"),
+        ("model_type", "gemma"),
         ("architectures", ["LlamaForSequenceClassification"]),
-        ("head_dim", 32),
+        ("attention_dropout", 0.1),
+        ("partial_rotary_factor", 0.5),
+        ("sliding_window", 4096),
     ]
     for field, value in bad:
         with pytest.raises(GrowlmError, match=field):
@@ -246,18 +245,6 @@ def test_load_sharded_folder(tmp_path):
     (folder / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(GrowlmError, match="model-00002-of-00002.safetensors.*missing"):
         load_hf_folder(folder)
-
-
-def test_merge_lora_folds_adapters_into_weights():
-    w, a, b = torch.randn(8, 6), torch.randn(2, 6), torch.randn(8, 2)
-    state = {"x.weight": w, "x.lora_A": a, "x.lora_B": b, "y.weight": torch.ones(3)}
-    merged = merge_lora(state, {"scale": 0.5, "rank": 2})
-    assert set(merged) == {"x.weight", "y.weight"}
-    assert torch.allclose(merged["x.weight"], w + 0.5 * b @ a)
-    with pytest.raises(GrowlmError, match="adapters.scale"):
-        merge_lora(state, None)
-    with pytest.raises(GrowlmError, match="do not fit"):
-        merge_lora(state | {"x.lora_B": torch.randn(7, 2)}, {"scale": 1.0})
 
 
 def test_cli_reexports_a_hf_folder(tmp_path, capsys):

@@ -13,6 +13,13 @@ CONFIGS = {
     "tied": BASE.with_(tie_embeddings=True),
     "attn_only": BASE.with_(block="attn_only", n_layers=1),
     "no_layer": BASE.with_(n_layers=0),
+    # the open families' features (growlm.model.config): biases, q/k norms, head_dim apart
+    "qwen2": BASE.with_(model_type="qwen2", qkv_bias=True, n_kv_heads=2, tie_embeddings=True),
+    "qwen3": BASE.with_(model_type="qwen3", qk_norm=True, head_dim=12, n_kv_heads=2),
+    "llama_bias": BASE.with_(qkv_bias=True, o_bias=True, head_dim=6),
+    "mistral": BASE.with_(model_type="mistral", head_dim=16, n_kv_heads=1),
+    "qwen3_attn_only": BASE.with_(model_type="qwen3", qk_norm=True, qkv_bias=True, o_bias=True,
+                                  block="attn_only", n_layers=1),
 }
 
 
@@ -62,7 +69,7 @@ def test_bigram_model_ignores_context():
         assert torch.equal(model(a)[0, -1], model(b)[0, -1])
 
 
-@pytest.mark.parametrize("name", ["full", "gqa", "attn_only"])
+@pytest.mark.parametrize("name", ["full", "gqa", "attn_only", "qwen2", "qwen3", "llama_bias"])
 def test_causal(name):
     cfg = CONFIGS[name]
     model = Transformer(cfg).eval()
@@ -127,52 +134,51 @@ def test_cross_entropy_ignores_minus_100():
     assert torch.allclose(cross_entropy(logits, targets), full)
 
 
-def _reference_rms_norm(x, weight, eps):  # HF's formulation, left to autograd
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
+def test_new_features_have_hf_names_and_shapes():
+    shapes = {k: tuple(v.shape) for k, v in Transformer(CONFIGS["qwen3"]).state_dict().items()}
+    assert shapes["layers.0.self_attn.q_norm.weight"] == (12,)  # per head, shared by heads
+    assert shapes["layers.0.self_attn.k_norm.weight"] == (12,)
+    assert shapes["layers.0.self_attn.q_proj.weight"] == (4 * 12, 32)  # n_heads·head_dim, d
+    assert shapes["layers.0.self_attn.o_proj.weight"] == (32, 4 * 12)
+    assert shapes["layers.0.self_attn.k_proj.weight"] == (2 * 12, 32)
+    qwen2 = {k: tuple(v.shape) for k, v in Transformer(CONFIGS["qwen2"]).state_dict().items()}
+    assert qwen2["layers.0.self_attn.q_proj.bias"] == (32,)
+    assert qwen2["layers.0.self_attn.v_proj.bias"] == (16,)
+    assert "layers.0.self_attn.o_proj.bias" not in qwen2  # Qwen2: q/k/v only
+    assert "layers.0.self_attn.o_proj.bias" in Transformer(CONFIGS["llama_bias"]).state_dict()
 
 
-def _reference_rope(x, cos, sin):
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+def test_biases_start_at_zero_and_norms_at_one():
+    model = Transformer(CONFIGS["llama_bias"].with_(model_type="qwen3", qk_norm=True))
+    for name, p in model.named_parameters():
+        if name.endswith(".bias"):
+            assert torch.all(p == 0), name
+        elif p.dim() == 1:
+            assert torch.all(p == 1), name
 
 
-def test_rms_norm_backward_is_exact():
-    from growlm.model.llama import RMSNorm
-    from growlm.model.llama import _RMSNormFunction as _RMSNorm
-
-    norm = RMSNorm(6, eps=1e-5).double()
-    with torch.no_grad():
-        norm.weight.uniform_(0.5, 1.5)
-    x = torch.randn(2, 3, 6, dtype=torch.double, requires_grad=True)
-    assert torch.autograd.gradcheck(norm, (x,))
-    assert torch.autograd.gradcheck(lambda w: _RMSNorm.apply(x, w, 1e-5), (norm.weight,))
-    norm.weight.requires_grad_(False)  # frozen: still a correct input gradient
-    assert torch.autograd.gradcheck(norm, (x,))
+def test_every_field_is_classified_once():
+    groups = (ModelConfig.shape_fields(), ModelConfig.architecture_fields(), ModelConfig.init_fields())
+    listed = [f for g in groups for f in g]
+    assert sorted(listed) == sorted(ModelConfig.model_fields)  # a new field must be classified
+    assert len(listed) == len(set(listed))
 
 
-def test_rms_norm_matches_reference_in_bf16():
-    from growlm.model.llama import RMSNorm
-
-    norm = RMSNorm(16, eps=1e-5)
-    x = torch.randn(4, 16).to(torch.bfloat16).requires_grad_()
-    x_ref = x.detach().clone().requires_grad_()
-    out, ref = norm(x), _reference_rms_norm(x_ref, norm.weight, 1e-5)
-    assert out.dtype == ref.dtype and torch.equal(out, ref)
-    out.sum().backward()
-    grad_w = norm.weight.grad.clone()
-    norm.weight.grad = None
-    ref.sum().backward()
-    assert x.grad.dtype == torch.bfloat16
-    assert torch.allclose(x.grad.float(), x_ref.grad.float(), atol=1e-2)
-    assert torch.allclose(grad_w, norm.weight.grad, atol=1e-5)
-
-
-def test_rope_matches_hf_formulation_and_its_gradient():
-    from growlm.model.llama import apply_rope, rope_tables
-
-    cos, sin = rope_tables(BASE, 12)
-    x = torch.randn(2, 4, 12, BASE.head_dim, dtype=torch.double, requires_grad=True)
-    cos, sin = cos.double(), sin.double()
-    assert torch.allclose(apply_rope(x, cos, sin), _reference_rope(x, cos, sin), atol=1e-12)
-    assert torch.autograd.gradcheck(lambda t: apply_rope(t, cos, sin), (x,))
+@pytest.mark.parametrize("changes, words", [
+    (dict(model_type="qwen2"), "qkv_bias = true, o_bias = false"),
+    (dict(model_type="qwen3"), "qk_norm = true"),
+    (dict(model_type="mistral", qkv_bias=True, o_bias=True), "qkv_bias = false"),
+    (dict(qkv_bias=True), "model_type 'llama' needs"),
+    (dict(qk_norm=True), "qk_norm = false"),
+    (dict(head_dim=7), "even"),
+    (dict(d_model=30, head_dim=8), "model_type 'llama' needs d_model"),
+    (dict(d_model=30), "unless head_dim is given"),
+    (dict(sliding_window=16), "sliding-window"),
+    (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "needs low_freq_factor"),
+    (dict(rope_scaling={"rope_type": "linear", "factor": 2.0, "low_freq_factor": 1.0}), "only factor"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 2.0}), "rope_type"),
+])
+def test_configs_a_family_cannot_express_are_refused(changes, words):
+    with pytest.raises(ValueError, match=words):
+        BASE.with_(**changes)
+    BASE.with_(model_type="mistral", d_model=30, head_dim=8, n_heads=4)  # head_dim frees d_model

@@ -18,7 +18,8 @@ SUBCOMMANDS = {
     "train": ("growlm.cli.train", "train a recipe (all stages; --resume continues)"),
     "plan": ("growlm.cli.plan", "FLOP and memory plan of a recipe; STEP and Gstack planners"),
     "eval": ("growlm.cli.eval", "perplexity, zero-shot tasks, word similarity, neighbour overlap"),
-    "export": ("growlm.model.hf_cli", "write a run or checkpoint as a HF Llama folder"),
+    "export": ("growlm.cli.export", "write a run, checkpoint or HF folder as an HF folder of its "
+               "family (Llama, Mistral, Qwen2, Qwen3)"),
     "compare": ("growlm.cli.compare", "compare runs at equal FLOPs: report.md, HTML and plots"),
     "sweep": ("growlm.sweep", "run a recipe over a grid of --set values and pick the best"),
     "sft": ("growlm.cli.sft", "supervised fine-tuning on instruction data"),

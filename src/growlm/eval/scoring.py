@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 
 from growlm.model import Transformer
-from growlm.model.llama import apply_rope
 from growlm.model.loss import chunk_positions, logprob_of_targets, token_logprobs
 from growlm.progress import progress as progress_bar
 
@@ -142,9 +141,7 @@ def _packed_hidden(model: Transformer, tokens, positions, mask):
     for block in model.layers.values():
         attn = block.self_attn
         h = block.input_layernorm(x)
-        q = apply_rope(attn.q_proj(h).view(bsz, seq, attn.n_heads, attn.head_dim), cos, sin)
-        k = apply_rope(attn.k_proj(h).view(bsz, seq, attn.n_kv, attn.head_dim), cos, sin)
-        v = attn.v_proj(h).view(bsz, seq, attn.n_kv, attn.head_dim)
+        q, k, v = attn.qkv(h, cos, sin)  # projections, q/k norms and RoPE as in the model
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask,
             enable_gqa=attn.n_kv != attn.n_heads)

@@ -11,6 +11,9 @@ WIDTH_OPS = ("clone", "split", "zero", "width_random")
 # reuse: a fresh deep model with the embedding/head (and optionally layer-0 parts) copied
 GROW_OPS = (*DEPTH_OPS, *WIDTH_OPS, "reuse")
 WIDTH_FIELDS = ("d_model", "ffn_dim", "n_heads", "n_kv_heads")
+# What makes two models different architectures: tensors one has and the other lacks, or the
+# family they export as. Growth between them is refused (mixed-architecture growth).
+ARCHITECTURE_FIELDS = ("model_type", "qkv_bias", "o_bias", "qk_norm", "tie_embeddings")
 
 # The GrowSpec fields each op reads; setting any other one is a mistake worth reporting.
 ALLOWED_FIELDS = {
@@ -20,6 +23,10 @@ ALLOWED_FIELDS = {
     **{op: {"factor", *WIDTH_FIELDS} for op in WIDTH_OPS},
     "reuse": {"layer0"},
 }
+
+
+def _heads(cfg: ModelConfig) -> tuple[int, int, int]:
+    return cfg.n_heads, cfg.kv_heads, cfg.head_size
 
 
 def _group(cfg: ModelConfig) -> int:
@@ -43,10 +50,13 @@ def check_growth(old: ModelConfig, new: ModelConfig, spec, where: str = "") -> N
         raise GrowlmError(
             f"{p}: '{op}' needs the same vocab_size in both models ({old.vocab_size} → {new.vocab_size})"
         )
-    if old.tie_embeddings != new.tie_embeddings:
-        raise GrowlmError(
-            f"{p}: '{op}' cannot change tie_embeddings ({old.tie_embeddings} → {new.tie_embeddings})"
-        )
+    for field in ARCHITECTURE_FIELDS:
+        a, b = getattr(old, field), getattr(new, field)
+        if a != b:
+            raise GrowlmError(
+                f"{p}: '{op}' cannot change {field} ({a} → {b}): growth keeps the architecture "
+                "(model_type, q/k/v and o biases, q/k norms, tied embeddings)"
+            )
     if op in DEPTH_OPS:
         _check_depth(old, new, spec, p)
     elif op in WIDTH_OPS:
@@ -57,7 +67,7 @@ def check_growth(old: ModelConfig, new: ModelConfig, spec, where: str = "") -> N
 
 def _check_depth(old: ModelConfig, new: ModelConfig, spec, p: str) -> None:
     op, n_old, n_new = spec.op, old.n_layers, new.n_layers
-    for field in ("d_model", "n_heads", "kv_heads", "hidden_dim", "block"):
+    for field in ("d_model", "n_heads", "kv_heads", "head_size", "hidden_dim", "block"):
         a, b = getattr(old, field), getattr(new, field)
         if a != b:
             raise GrowlmError(
@@ -113,12 +123,14 @@ def _check_width(old: ModelConfig, new: ModelConfig, spec, p: str) -> None:
                 f"{p}: '{op}' is a width op and cannot change {field} ({a} → {b}); "
                 "grow depth in a separate stage"
             )
-    if new.head_dim != old.head_dim:
-        want = new.d_model // old.head_dim if new.d_model % old.head_dim == 0 else None
-        hint = f"n_heads = {want}" if want else f"a d_model that is a multiple of {old.head_dim}"
+    if new.head_size != old.head_size:
+        hd = old.head_size
+        want = new.d_model // hd if new.d_model % hd == 0 else None
+        hint = f"n_heads = {want}" if want else f"a d_model that is a multiple of {hd}"
         raise GrowlmError(
-            f"{p}: '{op}' keeps head_dim = {old.head_dim} (RoPE works per head), but d_model "
-            f"{new.d_model} / n_heads {new.n_heads} = {new.head_dim}; use {hint}"
+            f"{p}: '{op}' keeps head_dim = {hd} (RoPE works per head), but the target's "
+            f"head_dim is {new.head_size} (d_model {new.d_model} / n_heads {new.n_heads}); "
+            f"use {hint}, or set head_dim = {hd}"
         )
     sizes = {
         "d_model": (old.d_model, new.d_model),
@@ -156,10 +168,11 @@ def _check_reuse(old: ModelConfig, new: ModelConfig, spec, p: str) -> None:
             f"{p}.layer0: '{spec.layer0}' copies layer 0, but the source has {old.n_layers} and "
             f"the target {new.n_layers} layers"
         )
-    if "attn" in parts and (old.n_heads, old.kv_heads) != (new.n_heads, new.kv_heads):
+    a, b = _heads(old), _heads(new)
+    if "attn" in parts and a != b:
         raise GrowlmError(
-            f"{p}.layer0: copying attention needs the same heads (n_heads/kv heads "
-            f"{old.n_heads}/{old.kv_heads} → {new.n_heads}/{new.kv_heads})"
+            f"{p}.layer0: copying attention needs the same heads (n_heads/kv heads/head_dim "
+            f"{'/'.join(map(str, a))} → {'/'.join(map(str, b))})"
         )
     if "ffn" in parts:
         if old.block != "full" or new.block != "full":

@@ -20,18 +20,31 @@ ATTN_SUFFIXES = (
     "self_attn.v_proj.weight",
     "self_attn.o_proj.weight",
 )
+QKV_BIAS_SUFFIXES = ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias")
+O_BIAS_SUFFIX = "self_attn.o_proj.bias"
+QK_NORM_SUFFIXES = ("self_attn.q_norm.weight", "self_attn.k_norm.weight")
 FFN_SUFFIXES = (
     "post_attention_layernorm.weight",
     "mlp.gate_proj.weight",
     "mlp.up_proj.weight",
     "mlp.down_proj.weight",
 )
-# Residual output projections: zero makes a pre-norm block the identity.
-RESIDUAL_OUT = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+# Residual outputs (projection and its bias): zero makes a pre-norm block the identity.
+RESIDUAL_OUT = ("self_attn.o_proj.weight", O_BIAS_SUFFIX, "mlp.down_proj.weight")
+
+
+def attn_suffixes(cfg: ModelConfig) -> tuple[str, ...]:
+    """A layer's attention tensors (input norm included) for `cfg`'s biases and q/k norms."""
+    return (
+        ATTN_SUFFIXES
+        + (QKV_BIAS_SUFFIXES if cfg.qkv_bias else ())
+        + ((O_BIAS_SUFFIX,) if cfg.o_bias else ())
+        + (QK_NORM_SUFFIXES if cfg.qk_norm else ())
+    )
 
 
 def layer_suffixes(cfg: ModelConfig) -> tuple[str, ...]:
-    return ATTN_SUFFIXES + (FFN_SUFFIXES if cfg.block == "full" else ())
+    return attn_suffixes(cfg) + (FFN_SUFFIXES if cfg.block == "full" else ())
 
 
 def layer_name(i: int, suffix: str) -> str:

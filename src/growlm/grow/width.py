@@ -1,5 +1,9 @@
 """Width growth: larger d_model, FFN width and head count; same depth, same head_dim.
 
+Biases go with their units (a q/k/v bias entry with its head dim, an o_proj bias entry with
+its residual dim, scaled like that dim's writers); the per-head q/k norm weights act inside a
+head and are copied unchanged, since head_dim is kept.
+
 Every weight is indexed along "axes": the residual stream (d_model), the FFN hidden units,
 the query-head dims and the key/value-head dims. head_dim is kept, because RoPE rotates
 within a head: more width means more heads. With grouped-query attention the new layout is
@@ -64,6 +68,14 @@ _LAYOUT = {
     "mlp.gate_proj.weight": (("f", "in"), ("d", "read")),
     "mlp.up_proj.weight": (("f", "in"), ("d", "read")),
     "mlp.down_proj.weight": (("d", "write"), ("f", "read")),
+    # A bias is its unit's own constant input: it follows the unit like the weight's row does.
+    "self_attn.q_proj.bias": (("q", "in"), None),
+    "self_attn.k_proj.bias": (("kv", "in"), None),
+    "self_attn.v_proj.bias": (("kv", "in"), None),
+    "self_attn.o_proj.bias": (("d", "write"), None),
+    # Per-head q/k norms act within a head, and width growth keeps head_dim: they are copied.
+    "self_attn.q_norm.weight": (None, None),
+    "self_attn.k_norm.weight": (None, None),
 }
 
 
@@ -111,7 +123,7 @@ class _Plan:
     def __init__(self, old: ModelConfig, new: ModelConfig, mode: str):
         copy = mode == "copy"
         q_heads, kv_heads = _head_maps(old, new, copy)
-        hd = old.head_dim
+        hd = old.head_size
         self.mode = mode
         self.maps = {
             "d": _units(old.d_model, new.d_model, copy),
@@ -119,7 +131,7 @@ class _Plan:
             "q": _per_dim(q_heads, hd),
             "kv": _per_dim(kv_heads, hd),
         }
-        self.n_old = {"d": old.d_model, "f": old.hidden_dim, "q": old.n_heads * hd, "kv": old.kv_heads * hd}
+        self.n_old = {"d": old.d_model, "f": old.hidden_dim, "q": old.q_dim, "kv": old.kv_dim}
         self.width_ratio = new.d_model / old.d_model  # d'/d
 
     def side(self, axis: str, role: str) -> _Side:

@@ -1,4 +1,21 @@
-"""The model's shape, and the parameter and FLOP counts that follow from it."""
+"""The model's shape and architecture, and the parameter and FLOP counts that follow from it.
+
+One `ModelConfig` describes every decoder growlm builds: the LLaMA layout (pre-norm RMSNorm,
+SwiGLU, RoPE, grouped-query attention) plus the features of the open model families it imports
+and exports, each off by default:
+
+  feature                     field            families that use it
+  bias on q/k/v               qkv_bias         Qwen2/2.5 (always), Llama/Qwen3 `attention_bias`
+  bias on o_proj              o_bias           Llama/Qwen3 `attention_bias`
+  RMSNorm on q and k per head qk_norm          Qwen3 (always)
+  RoPE scaling                rope_scaling     Llama 3.1/3.2 (`llama3`), `linear`
+  head_dim != d_model/n_heads head_dim         Qwen3, Mistral Nemo
+  tied embeddings             tie_embeddings   SmolLM, Llama 3.2 1B/3B, small Qwen models
+
+`model_type` names the HF family the model is exported as (`llama`, `mistral`, `qwen2`,
+`qwen3`); each family can express only some feature combinations, and a config that its family
+cannot express is refused here, so nothing fails late at export.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +35,66 @@ def llama_ffn_dim(d_model: int, multiple_of: int = 256) -> int:
 SHAPE_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "ffn_dim", "block")
 
 
+class RopeScaling(BaseModel):
+    """RoPE frequency scaling, as HF's `rope_scaling` / `rope_parameters` spell it.
+
+    linear  every inverse frequency divided by `factor` (position interpolation, Chen et al.
+            2023, "Extending Context Window of Large Language Models via Positional
+            Interpolation").
+    llama3  Llama 3.1's rule (Meta, llama-models `apply_scaling`): wavelengths longer than
+            original_max_position_embeddings / low_freq_factor are divided by `factor`, those
+            shorter than original_max_position_embeddings / high_freq_factor are kept, and the
+            band between is interpolated smoothly.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    rope_type: Literal["linear", "llama3"]
+    factor: float = Field(gt=0)
+    low_freq_factor: float | None = Field(None, gt=0)
+    high_freq_factor: float | None = Field(None, gt=0)
+    original_max_position_embeddings: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check_fields(self) -> RopeScaling:
+        llama3 = ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        if self.rope_type == "linear":
+            extra = [k for k in llama3 if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f"rope_scaling of type 'linear' takes only factor, not {', '.join(extra)}")
+        else:
+            missing = [k for k in llama3 if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"rope_scaling of type 'llama3' needs {', '.join(missing)}")
+            if self.high_freq_factor <= self.low_freq_factor:
+                raise ValueError(
+                    f"rope_scaling: high_freq_factor ({self.high_freq_factor}) must exceed "
+                    f"low_freq_factor ({self.low_freq_factor})"
+                )
+        return self
+
+
+# What each HF family can express: (qkv_bias, o_bias) pairs allowed, and whether q/k norms are
+# present. Llama and Qwen3 have one `attention_bias` switch for q, k, v and o; Qwen2 always has
+# q/k/v biases and never an o_proj bias; Mistral has no biases.
+FAMILIES: dict[str, dict] = {
+    "llama": {"bias": ((False, False), (True, True)), "qk_norm": False},
+    "mistral": {"bias": ((False, False),), "qk_norm": False},
+    "qwen2": {"bias": ((True, False),), "qk_norm": False},
+    "qwen3": {"bias": ((False, False), (True, True)), "qk_norm": True},
+}
+_BIAS_WORDS = {
+    (False, False): "qkv_bias = false, o_bias = false",
+    (True, True): "qkv_bias = true, o_bias = true",
+    (True, False): "qkv_bias = true, o_bias = false",
+}
+
+_SHAPE = ("vocab_size", *SHAPE_FIELDS)
+_ARCHITECTURE = ("model_type", "head_dim", "qkv_bias", "o_bias", "qk_norm", "max_seq_len",
+                 "rope_theta", "rope_scaling", "sliding_window", "norm_eps", "tie_embeddings")
+_INIT = ("init_std", "residual_init")
+
+
 class ModelConfig(BaseModel):
     """A LLaMA-style decoder. `n_layers = 0` is a bigram model (embedding, norm, head)."""
 
@@ -30,9 +107,20 @@ class ModelConfig(BaseModel):
     n_kv_heads: int | None = Field(None, gt=0)
     ffn_dim: int | None = Field(None, gt=0)
     block: Literal["full", "attn_only"] = "full"
+    # HF family the model is exported as; see FAMILIES for what each can express.
+    model_type: Literal["llama", "mistral", "qwen2", "qwen3"] = "llama"
+    # Per-head width; None means d_model / n_heads. Qwen3 and Mistral Nemo set it apart.
+    head_dim: int | None = Field(None, gt=0)
+    qkv_bias: bool = False
+    o_bias: bool = False
+    qk_norm: bool = False
     # RoPE tables are built for the whole context; 2M positions is beyond every open model's
     max_seq_len: int = Field(1024, gt=0, le=2**21)
     rope_theta: float = Field(10000.0, gt=0)
+    rope_scaling: RopeScaling | None = None
+    # HF's attention window. growlm always attends to the whole context, so it keeps only a
+    # window that never binds (at least max_seq_len), to write it back on export.
+    sliding_window: int | None = Field(None, gt=0)
     norm_eps: float = Field(1e-5, gt=0)
     tie_embeddings: bool = False
     init_std: float = Field(0.02, gt=0)
@@ -42,22 +130,61 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelConfig:
-        if self.d_model % self.n_heads:
+        if self.head_dim is None and self.d_model % self.n_heads:
             raise ValueError(
-                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}) "
+                "unless head_dim is given"
             )
-        if self.head_dim % 2:
-            raise ValueError(f"head dim d_model/n_heads = {self.head_dim} must be even for RoPE")
+        if self.head_size % 2:
+            what = "head_dim" if self.head_dim else "d_model/n_heads"
+            raise ValueError(f"head dim {what} = {self.head_size} must be even for RoPE")
         if self.n_heads % self.kv_heads:
             raise ValueError(
                 f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.kv_heads})"
             )
+        if self.sliding_window is not None and self.sliding_window < self.max_seq_len:
+            raise ValueError(
+                f"sliding_window ({self.sliding_window}) is smaller than max_seq_len "
+                f"({self.max_seq_len}): growlm has no sliding-window attention; only a window "
+                "of at least max_seq_len (one that never limits attention) is allowed"
+            )
+        self._check_family()
         return self
+
+    def _check_family(self) -> None:
+        family = FAMILIES[self.model_type]
+        bias = (self.qkv_bias, self.o_bias)
+        if bias not in family["bias"]:
+            allowed = " or ".join(_BIAS_WORDS[b] for b in family["bias"])
+            raise ValueError(f"model_type '{self.model_type}' needs {allowed}")
+        if self.qk_norm != family["qk_norm"]:
+            raise ValueError(f"model_type '{self.model_type}' needs qk_norm = {str(family['qk_norm']).lower()}")
+        if self.model_type == "llama" and self.d_model % self.n_heads:
+            # transformers' LlamaConfig refuses this even when head_dim is given
+            raise ValueError(f"model_type 'llama' needs d_model ({self.d_model}) divisible by n_heads ({self.n_heads})")
+
+    # ---- which fields are which (the trainer compares and inherits them generically) ----
+    @classmethod
+    def shape_fields(cls) -> tuple[str, ...]:
+        """Fields a stage may change, by growth or an override (`[[stage]]` n_layers, d_model...)."""
+        return _SHAPE
+
+    @classmethod
+    def architecture_fields(cls) -> tuple[str, ...]:
+        """Fields that define the network's function beyond its shape. An init source (HF folder
+        or checkpoint) carries them, and they round-trip through HF import/export exactly."""
+        return _ARCHITECTURE
+
+    @classmethod
+    def init_fields(cls) -> tuple[str, ...]:
+        """Fields that only set how fresh weights are drawn."""
+        return _INIT
 
     # ---- derived shape ----
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+    def head_size(self) -> int:
+        """Width of one attention head: `head_dim`, or d_model / n_heads when it is not set."""
+        return self.head_dim or self.d_model // self.n_heads
 
     @property
     def kv_heads(self) -> int:
@@ -66,6 +193,16 @@ class ModelConfig(BaseModel):
     @property
     def hidden_dim(self) -> int:
         return self.ffn_dim or llama_ffn_dim(self.d_model)
+
+    @property
+    def q_dim(self) -> int:
+        """Output width of q_proj (= input width of o_proj): n_heads · head_size."""
+        return self.n_heads * self.head_size
+
+    @property
+    def kv_dim(self) -> int:
+        """Output width of k_proj and v_proj: kv_heads · head_size."""
+        return self.kv_heads * self.head_size
 
     def with_(self, **changes) -> ModelConfig:
         """A validated copy with some fields changed."""
@@ -82,8 +219,10 @@ class ModelConfig(BaseModel):
 
     @property
     def params_attention(self) -> int:
-        d, hd = self.d_model, self.head_dim
-        return 2 * d * self.n_heads * hd + 2 * d * self.kv_heads * hd
+        d = self.d_model
+        weights = 2 * d * self.q_dim + 2 * d * self.kv_dim
+        biases = (self.q_dim + 2 * self.kv_dim) * self.qkv_bias + d * self.o_bias
+        return weights + biases + 2 * self.head_size * self.qk_norm
 
     @property
     def params_ffn(self) -> int:
@@ -113,7 +252,7 @@ class ModelConfig(BaseModel):
 
         Counts the full T×T score matrix, as nanoGPT/PaLM do, not half of it for causality.
         """
-        return 12 * self.n_layers * self.n_heads * self.head_dim * seq_len
+        return 12 * self.n_layers * self.q_dim * seq_len
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token with everything trainable: 6·N_non_embedding + attention."""

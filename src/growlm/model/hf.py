@@ -1,17 +1,20 @@
-"""HF `LlamaForCausalLM` folders <-> growlm (ModelConfig, state dict).
+"""HF model folders (Llama, Mistral, Qwen2, Qwen3) <-> growlm (ModelConfig, state dict).
 
 growlm parameter names are HF's without the leading `model.` (the head keeps `lm_head.`), so
-the weights map by a rename. Only safetensors are read or written; pickles are refused and no
-remote code is ever run. `transformers` itself is not needed here: the folder format is plain
-JSON + safetensors.
+the weights map by a rename; the config maps through `growlm.model.hf_config`. Only
+safetensors are read or written; pickles are refused and no remote code is ever run.
+`transformers` itself is not needed here: the folder format is plain JSON + safetensors.
+
+Export writes into a temporary folder with a fixed name beside the target
+(`.<name>.growlm-export-tmp`) and renames it into place, so an interrupted export never leaves
+a half-written target, and the next export to the same place clears what a killed one left.
+(So one target has one exporter at a time: a second export to it clears the first's folder.)
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,129 +22,30 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from growlm.errors import GrowlmError
-from growlm.model.config import ModelConfig, llama_ffn_dim
+from growlm.files import atomic_write_json, check_output_dir, read_json, write_failure
+from growlm.model.config import ModelConfig
+from growlm.model.hf_config import (  # noqa: F401 (re-exported: the module's public API)
+    ARCHITECTURES,
+    DTYPE_NAMES,
+    check_exportable,
+    from_hf_config,
+    to_hf_config,
+)
+from growlm.model.hf_tokenizer import (
+    SPECIAL_ID_FIELDS,
+    copy_side_files,
+    read_tokenizer_json,
+    special_tokens,
+    write_tokenizer_files,
+)
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
 # Keys some older HF checkpoints carry that are recomputed buffers, not weights.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-
-
-# ---------------------------------------------------------------- config
-
-
-def to_hf_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
-    """A LlamaConfig dict for `cfg`. Refuses shapes HF Llama cannot express."""
-    check_exportable(cfg)
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "intermediate_size": cfg.hidden_dim,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.kv_heads,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": cfg.max_seq_len,
-        "initializer_range": cfg.init_std,
-        "rms_norm_eps": cfg.norm_eps,
-        # transformers < 5 reads rope_theta/rope_scaling, >= 5 reads rope_parameters.
-        "rope_theta": cfg.rope_theta,
-        "rope_scaling": None,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "mlp_bias": False,
-        "pretraining_tp": 1,
-        "tie_word_embeddings": cfg.tie_embeddings,
-        "use_cache": True,
-        "bos_token_id": None,
-        "eos_token_id": None,
-        "torch_dtype": DTYPE_NAMES.get(dtype, "float32"),
-    }
-
-
-def check_exportable(cfg: ModelConfig) -> None:
-    if cfg.block != "full":
-        raise GrowlmError(
-            f"cannot export block={cfg.block!r}: HF Llama layers always have an MLP; "
-            "only block='full' models can be exported"
-        )
-    if cfg.n_layers == 0:
-        raise GrowlmError(
-            "cannot export a 0-layer (bigram) model: HF Llama needs num_hidden_layers >= 1"
-        )
-
-
-def _refuse(field: str, value, allowed: str) -> GrowlmError:
-    return GrowlmError(f"HF config field {field}={value!r} is not supported; {allowed}")
-
-
-def _rope_theta(d: dict) -> float:
-    """rope_theta from either config layout, refusing any rope scaling."""
-    if d.get("rope_scaling"):
-        raise _refuse("rope_scaling", d["rope_scaling"], "only unscaled RoPE (null) is allowed")
-    params = d.get("rope_parameters")
-    theta = d.get("rope_theta", 10000.0)
-    if params:
-        extra = set(params) - {"rope_type", "rope_theta"}
-        if params.get("rope_type", "default") != "default" or extra:
-            raise _refuse(
-                "rope_parameters", params, "only {'rope_type': 'default', 'rope_theta': ...}"
-            )
-        theta = params.get("rope_theta", theta)
-    if d.get("partial_rotary_factor", 1.0) != 1.0:
-        raise _refuse("partial_rotary_factor", d["partial_rotary_factor"], "only 1.0 is allowed")
-    return float(theta)
-
-
-def from_hf_config(d: dict) -> ModelConfig:
-    """ModelConfig from a HF LlamaConfig dict; anything growlm's model cannot do is refused."""
-    if d.get("model_type") != "llama":
-        raise _refuse("model_type", d.get("model_type"), "only 'llama' is allowed")
-    archs = d.get("architectures") or ["LlamaForCausalLM"]
-    if archs != ["LlamaForCausalLM"]:
-        raise _refuse("architectures", archs, "only ['LlamaForCausalLM'] is allowed")
-    for field in ("attention_bias", "mlp_bias"):
-        if d.get(field, False):
-            raise _refuse(field, d[field], "growlm layers have no biases (false)")
-    if d.get("hidden_act", "silu") != "silu":
-        raise _refuse("hidden_act", d["hidden_act"], "only 'silu' (SwiGLU) is allowed")
-    if d.get("attention_dropout", 0.0):
-        raise _refuse("attention_dropout", d["attention_dropout"], "only 0.0 is allowed")
-    try:
-        d_model, n_heads = int(d["hidden_size"]), int(d["num_attention_heads"])
-        n_layers, vocab = int(d["num_hidden_layers"]), int(d["vocab_size"])
-        hidden = int(d["intermediate_size"])
-    except KeyError as e:
-        raise GrowlmError(f"HF config is missing the field {e.args[0]!r}") from None
-    head_dim = d.get("head_dim") or d_model // n_heads
-    if head_dim * n_heads != d_model:
-        raise _refuse("head_dim", head_dim, f"only hidden_size/num_attention_heads = "
-                      f"{d_model // n_heads} is allowed")
-    kv = d.get("num_key_value_heads") or n_heads
-    try:
-        return ModelConfig(
-            vocab_size=vocab,
-            d_model=d_model,
-            n_layers=n_layers,
-            n_heads=n_heads,
-            n_kv_heads=None if kv == n_heads else int(kv),
-            ffn_dim=None if hidden == llama_ffn_dim(d_model) else hidden,
-            block="full",
-            max_seq_len=int(d.get("max_position_embeddings", 2048)),
-            rope_theta=_rope_theta(d),
-            norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-            tie_embeddings=bool(d.get("tie_word_embeddings", False)),
-            init_std=float(d.get("initializer_range", 0.02)),
-        )
-    except ValueError as e:  # pydantic's ValidationError is a ValueError
-        raise GrowlmError(f"HF config does not describe a valid growlm model: {e}") from None
+TMP_SUFFIX = ".growlm-export-tmp"
+OLD_SUFFIX = ".growlm-export-old"
 
 
 # ---------------------------------------------------------------- names and shapes
@@ -174,7 +78,7 @@ def _check_state(cfg: ModelConfig, state: dict[str, torch.Tensor], where: str) -
         raise GrowlmError(
             f"{where} does not match the model config: missing {missing[:3]}"
             f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
-            f"{'...' if len(unexpected) > 3 else ''}"
+            f"{'...' if len(unexpected) > 3 else ''} (for a {cfg.model_type} model)"
         )
     for name, shape in expected.items():
         if tuple(state[name].shape) != shape:
@@ -193,11 +97,14 @@ def export_hf(
     out_dir: str | os.PathLike,
     tokenizer_json: str | os.PathLike | None = None,
     overwrite: bool = False,
+    source_folder: str | os.PathLike | None = None,
 ) -> Path:
-    """Write `state` (growlm names) as a HF Llama folder that `from_pretrained` loads.
+    """Write `state` (growlm names) as a HF folder of `cfg.model_type` that `from_pretrained`
+    loads. `source_folder`, an HF folder being re-exported, supplies the tokenizer files and
+    special-token ids verbatim (instead of `tokenizer_json`).
 
-    The folder is built under a temporary name beside `out_dir` and renamed into place, so an
-    interrupted export never leaves a half-written `out_dir`.
+    Raises GrowlmError for a state or config HF cannot hold, a malformed tokenizer, or an
+    unusable output path; `growlm.files.WriteError` (a GrowlmError) when a write fails.
     """
     check_exportable(cfg)
     lora = sorted(k for k in state if ".lora_" in k)
@@ -212,50 +119,82 @@ def export_hf(
         if not torch.equal(head, state.get("embed_tokens.weight", head)):
             raise GrowlmError("tie_embeddings is set but lm_head.weight differs from embed_tokens")
     _check_state(cfg, state, "state to export")
+    tokenizer = _tokenizer_plan(cfg, tokenizer_json, source_folder)
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise GrowlmError(f"output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise GrowlmError(f"output directory {out} is not empty; use --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    out = check_output_dir(out_dir, "export output")
+    tmp, old = _side_names(out)
     try:
-        tmp.chmod(0o755)  # mkdtemp's 0700 would otherwise become out_dir's mode
-        _write_folder(cfg, state, tmp, Path(tokenizer_json) if tokenizer_json else None)
-        _replace_dir(tmp, out)
-    except BaseException:
+        _clear_leftovers(out, tmp, old)
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise GrowlmError(f"output directory {out} is not empty; use --overwrite to replace it")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        _write_folder(cfg, state, tmp, tokenizer)
+        _replace_dir(tmp, out, old)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        failure = write_failure(e, out)
+        if failure is not None:
+            raise failure from None
         raise
     return out
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
+def _side_names(out: Path) -> tuple[Path, Path]:
+    return out.with_name(f".{out.name}{TMP_SUFFIX}"), out.with_name(f".{out.name}{OLD_SUFFIX}")
+
+
+def _clear_leftovers(out: Path, tmp: Path, old: Path) -> None:
+    """Undo what a killed export left: its half-written temporary folder, and an old output
+    that it had moved aside but not yet replaced (put back, since no new one took its place)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    if old.exists():
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, out)
+
+
+def _replace_dir(src: Path, dst: Path, old: Path) -> None:
     """Move the finished `src` to `dst`; an old `dst` is moved aside first, then deleted."""
-    old = None
     if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
         os.replace(dst, old)
     os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_folder(cfg, state, folder: Path, tokenizer_json: Path | None) -> None:
+def _tokenizer_plan(cfg: ModelConfig, tokenizer_json, source_folder) -> dict:
+    """What export writes for the tokenizer, checked before anything is written."""
+    if source_folder is not None:
+        source = Path(source_folder)
+        config = read_json(source / "config.json", "HF config")
+        ids = {k: config.get(k) for k in SPECIAL_ID_FIELDS if config.get(k) is not None}
+        if (source / "tokenizer.json").is_file():
+            read_tokenizer_json(source / "tokenizer.json", cfg.vocab_size)
+        return {"copy_from": source, "ids": ids}
+    if tokenizer_json is None:
+        return {}
+    path = Path(tokenizer_json)
+    data = read_tokenizer_json(path, cfg.vocab_size)
+    special = special_tokens(path, data)
+    ids = {f"{role}_token_id": idx for role, (_, idx) in special.items()}
+    return {"path": path, "data": data, "special": special, "ids": ids}
+
+
+def _write_folder(cfg: ModelConfig, state, folder: Path, tokenizer: dict) -> None:
     dtype = next(iter(state.values())).dtype
-    config = to_hf_config(cfg, dtype)
-    special = _special_tokens(tokenizer_json, cfg.vocab_size) if tokenizer_json else {}
-    for role in ("bos", "eos"):
-        if role in special:
-            config[f"{role}_token_id"] = special[role][1]
+    config = to_hf_config(cfg, dtype) | tokenizer.get("ids", {})
     tensors = _unaliased({to_hf_name(k): v for k, v in state.items()})
     save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt"})
-    _write_json(folder / "config.json", config)
-    gen = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
-    _write_json(folder / "generation_config.json", {k: v for k, v in gen.items() if v is not None})
-    if tokenizer_json:
-        _write_tokenizer(cfg, tokenizer_json, special, folder)
+    atomic_write_json(folder / "config.json", config, indent=2)
+    copied = copy_side_files(tokenizer["copy_from"], folder) if "copy_from" in tokenizer else []
+    if "generation_config.json" not in copied:
+        gen = {k: config.get(k) for k in SPECIAL_ID_FIELDS}
+        atomic_write_json(folder / "generation_config.json",
+                          {k: v for k, v in gen.items() if v is not None}, indent=2)
+    if "path" in tokenizer:
+        write_tokenizer_files(folder, tokenizer["path"], tokenizer["data"], tokenizer["special"],
+                              cfg.max_seq_len)
 
 
 def _unaliased(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -270,55 +209,26 @@ def _unaliased(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _special_tokens(tokenizer_json: Path, vocab_size: int) -> dict[str, tuple[str, int]]:
-    """bos/eos (token, id): the first end-of-text marker the vocabulary has, used for both."""
-    try:
-        data = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise GrowlmError(f"cannot read tokenizer file {tokenizer_json}: {e}") from None
-    vocab = dict((data.get("model") or {}).get("vocab") or {})
-    vocab.update({t["content"]: t["id"] for t in data.get("added_tokens") or []})
-    if vocab and max(vocab.values()) >= vocab_size:
-        raise GrowlmError(
-            f"tokenizer {tokenizer_json} has token ids up to {max(vocab.values())} but the model's "
-            f"vocab_size is {vocab_size}; export it with the tokenizer it was trained with"
-        )
-    for token in EOS_CANDIDATES:
-        if token in vocab:
-            # GPT-2 style tokenizers use one marker for document start and end.
-            bos = "<s>" if token == "</s>" and "<s>" in vocab else token
-            return {"eos": (token, vocab[token]), "bos": (bos, vocab[bos])}
-    return {}
-
-
-def _write_tokenizer(cfg, tokenizer_json: Path, special: dict, folder: Path) -> None:
-    shutil.copyfile(tokenizer_json, folder / "tokenizer.json")
-    tokens = {f"{role}_token": tok for role, (tok, _) in special.items()}
-    if "eos" in special:
-        tokens["unk_token"] = special["eos"][0]
-    _write_json(
-        folder / "tokenizer_config.json",
-        {
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "model_max_length": cfg.max_seq_len,
-            "clean_up_tokenization_spaces": False,
-            "add_bos_token": False,
-            "add_eos_token": False,
-            **tokens,
-        },
-    )
-    _write_json(folder / "special_tokens_map.json", tokens)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
 # ---------------------------------------------------------------- import
 
 
+def read_hf_config(folder: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig of an HF folder, from its config.json only (no weights are read).
+    Errors name the file: `<folder>/config.json: <problem>`."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise GrowlmError(f"{folder} has no config.json; expected a HF model folder "
+                          f"({', '.join(ARCHITECTURES.values())})")
+    config = read_json(config_path, "HF config", expect=object)
+    try:
+        return from_hf_config(config)
+    except GrowlmError as e:
+        raise GrowlmError(f"{config_path}: {e}") from None
+
+
 def load_hf_folder(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(ModelConfig, state with growlm names) from a local HF Llama folder (safetensors only).
+    """(ModelConfig, state with growlm names) from a local HF folder (safetensors only).
 
     For tied embeddings the state holds `lm_head.weight` as the same tensor as
     `embed_tokens.weight`, so `Transformer(cfg).load_state_dict(state)` works directly.
@@ -326,15 +236,7 @@ def load_hf_folder(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torc
     folder = Path(path)
     if not folder.is_dir():
         raise GrowlmError(f"HF model folder {folder} does not exist or is not a directory")
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise GrowlmError(f"{folder} has no config.json; expected a HF LlamaForCausalLM folder")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise GrowlmError(f"cannot read {config_path}: {e}") from None
-    cfg = from_hf_config(config)
-
+    cfg = read_hf_config(folder)
     raw = _read_weights(folder)
     state = {
         from_hf_name(k): v for k, v in raw.items() if not k.endswith(IGNORED_SUFFIXES)
@@ -352,10 +254,9 @@ def _weight_files(folder: Path) -> list[Path]:
         return [folder / WEIGHTS]
     index = folder / WEIGHTS_INDEX
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise GrowlmError(f"cannot read the shard index {index}: {e!r}") from None
+        weight_map = read_json(index, "shard index").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise GrowlmError(f"{index}: weight_map must map tensor names to file names")
         files = [folder / name for name in sorted(set(weight_map.values()))]
         for f in files:
             if f.parent != folder or not f.is_file():

@@ -1,9 +1,13 @@
-"""A plain LLaMA-style decoder whose parameter names match HF `LlamaForCausalLM`.
+"""A plain LLaMA-style decoder whose parameter names match HF's Llama, Mistral and Qwen models.
 
-Names are HF's without the leading `model.` (e.g. `layers.3.self_attn.q_proj.weight`),
-so import/export is a rename. Layers live in a ModuleDict keyed by index so that names
-stay stable when growth inserts or appends layers. Parallelism, compilation and
-activation checkpointing are applied from outside.
+Names are HF's without the leading `model.` (e.g. `layers.3.self_attn.q_proj.weight`,
+`layers.3.self_attn.q_norm.weight`), so import/export is a rename. The optional features of
+the families growlm imports (q/k/v and o_proj biases, per-head q/k RMSNorm, RoPE scaling, a
+head_dim apart from d_model / n_heads) are switched on by `ModelConfig`; see its docstring.
+Layers live in a ModuleDict keyed by index so that names stay stable when growth inserts or
+appends layers. The autograd kernels are in `growlm.model.kernels`, the RoPE tables in
+`growlm.model.rope`. Parallelism, compilation and activation checkpointing are applied from
+outside.
 """
 
 from __future__ import annotations
@@ -15,42 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from growlm.model.config import ModelConfig
+from growlm.model.kernels import apply_rope, rms_norm
 from growlm.model.loss import linear_cross_entropy_sum
+from growlm.model.rope import rope_tables
 
-
-def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-class _RMSNormFunction(torch.autograd.Function):
-    """RMSNorm with a hand-written backward.
-
-    Same forward as HF (normalise in fp32, cast back, then scale by the weight). The composite
-    version keeps the normalised output as well as the input for its backward and makes more
-    full-size passes over the activations; this one keeps the input and the per-row scale and
-    recomputes the rest. A frozen norm weight gets no gradient computation.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        xf = _at_least_fp32(x)
-        rstd = xf.square().mean(-1, keepdim=True).add_(eps).rsqrt_()
-        ctx.save_for_backward(x, weight, rstd)
-        return (xf * rstd).to(x.dtype) * weight
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, weight, rstd = ctx.saved_tensors
-        normed = _at_least_fp32(x) * rstd
-        grad_x = grad_weight = None
-        if ctx.needs_input_grad[1]:
-            grad_weight = (grad * normed.to(x.dtype)).flatten(0, -2).sum(0).to(weight.dtype)
-        if ctx.needs_input_grad[0]:
-            # d/dx of x·rstd(x): rstd·(g − x̂·mean(g·x̂)), with g the gradient w.r.t. x̂.
-            grad_normed = _at_least_fp32(grad * weight)
-            dot = (grad_normed * normed).mean(-1, keepdim=True)
-            grad_x = torch.addcmul(grad_normed, normed, dot, value=-1).mul_(rstd).to(x.dtype)
-        return grad_x, grad_weight, None
+__all__ = ["Attention", "Block", "FeedForward", "RMSNorm", "Transformer", "apply_rope",
+           "cross_entropy", "rope_tables"]
 
 
 class RMSNorm(nn.Module):
@@ -61,70 +35,46 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in fp32 (as HF does) so bf16 activations keep their precision here.
-        return _RMSNormFunction.apply(x, self.weight, self.eps)
-
-
-def rope_tables(cfg: ModelConfig, seq_len: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of shape (seq_len, head_dim) in HF's half-split layout."""
-    dim = cfg.head_dim
-    inv_freq = 1.0 / (
-        cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim)
-    )
-    freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
-
-
-def _swap_halves(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((x[..., half:], x[..., :half]), dim=-1)
-
-
-class _RopeFunction(torch.autograd.Function):
-    """x·cos + swap_halves(x)·sin_signed, where sin_signed = (−sin₁, sin₂) folds HF's negation.
-
-    Rotation is linear in x, so the backward is the transposed rotation of the gradient and
-    nothing needs saving but the tables. Autograd's version of HF's formulation pays a zero-fill
-    and a copy per slice in the backward, plus the negation, in both directions.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor):
-        ctx.save_for_backward(cos, sin_signed)
-        return torch.addcmul(x * cos, _swap_halves(x), sin_signed)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        cos, sin_signed = ctx.saved_tensors
-        # swap_halves is its own inverse and transpose.
-        return torch.addcmul(_swap_halves(grad * sin_signed), grad, cos), None, None
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (..., seq, head_dim) by the HF-layout tables cos/sin (seq, head_dim)."""
-    half = sin.shape[-1] // 2
-    sin_signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-    return _RopeFunction.apply(x, cos.to(x.dtype), sin_signed.to(x.dtype))
+        return rms_norm(x, self.weight, self.eps)
 
 
 class Attention(nn.Module):
+    """Causal grouped-query attention with RoPE; optional q/k/v and o biases and q/k RMSNorm.
+
+    With `qk_norm` (Qwen3) each head's query and key vectors are RMS-normalised over head_dim by
+    a weight shared across heads (`q_norm`, `k_norm`, shape (head_dim,)), before RoPE.
+    """
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_size
         d = cfg.d_model
-        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
+        self.q_proj = nn.Linear(d, cfg.q_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(d, cfg.kv_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(d, cfg.kv_dim, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.q_dim, d, bias=cfg.o_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """q (batch, seq, n_heads, head_dim), k and v (batch, seq, n_kv, head_dim), with q and k
+        normalised (if qk_norm) and rotated. cos/sin broadcast to (batch, seq, 1, head_dim)."""
+        bsz, seq, _ = x.shape
+        q = self.q_proj(x).view(bsz, seq, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(bsz, seq, self.n_kv, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        v = self.v_proj(x).view(bsz, seq, self.n_kv, self.head_dim)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         bsz, seq, _ = x.shape
         # RoPE runs in the (batch, seq, heads, head_dim) layout the projections produce, so its
         # elementwise passes read contiguous memory; tables broadcast over heads.
-        cos, sin = cos[:, None], sin[:, None]
-        q = apply_rope(self.q_proj(x).view(bsz, seq, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rope(self.k_proj(x).view(bsz, seq, self.n_kv, self.head_dim), cos, sin)
-        v = self.v_proj(x).view(bsz, seq, self.n_kv, self.head_dim)
+        q, k, v = self.qkv(x, cos[:, None], sin[:, None])
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2),
             k.transpose(1, 2),
@@ -184,12 +134,15 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
-        """normal(0, init_std); residual output projections scaled by 1/sqrt(2·n_layers)."""
+        """Matrices normal(0, init_std), residual output projections scaled by
+        1/sqrt(2·n_layers); norm weights 1, biases 0."""
         cfg = self.cfg
         std = cfg.init_std
         out_std = std / math.sqrt(2 * max(cfg.n_layers, 1)) if cfg.residual_init == "scaled" else std
         for name, p in self.named_parameters():
-            if p.dim() == 1:
+            if name.endswith(".bias"):
+                p.zero_()
+            elif p.dim() == 1:
                 p.fill_(1.0)
             elif name.endswith(("o_proj.weight", "down_proj.weight")):
                 p.normal_(0.0, out_std, generator=generator)

@@ -10,16 +10,16 @@ It ignores that a frozen weight must still pass the gradient on to trainable wei
 * forward ``2·N``;
 * input gradient ``dx = dy·W``: ``2·N``, needed iff anything trainable lies *upstream* of W,
   i.e. strictly earlier in the forward order of `growlm.plan.layout` (embedding < layer 0 <
-  … < final norm < head; inside a layer input norm < q,k,v < attention core < o < post norm <
-  gate,up < down). Weights that read the same input (q/k/v, gate/up) are not upstream of each
-  other. A trainable norm or embedding counts as trainable; an adapter makes its linear's
-  position trainable;
+  … < final norm < head; inside a layer input norm < q,k,v < q/k norms < attention core < o <
+  post norm < gate,up < down). Weights that read the same input (q/k/v, gate/up) are not
+  upstream of each other. A trainable norm, bias or embedding counts as trainable; an adapter
+  makes its linear's position trainable;
 * weight gradient ``dW = dyᵀ·x``: ``2·N``, needed iff W itself is trainable.
 
 So a trainable weight costs 6·N, or 4·N when it is the first trainable thing in the network; a
 frozen weight costs 4·N below trainable ones' gradient path (frozen head, frozen layers above a
 trainable embedding or above trainable layers) and 2·N only when nothing trainable is upstream.
-Norm weights (d parameters each) are charged like matrices of their size, so that a fully
+Norm weights and biases (vectors) are charged like matrices of their size, so that a fully
 trainable model comes out at exactly ``6·N + attention``; their true cost is elementwise and
 negligible.
 
@@ -31,10 +31,10 @@ case, slightly less at the bottom of the network. The frozen base weight keeps i
 **Attention core** (QKᵀ and AV, not parameter matmuls; full T×T counted as nanoGPT/PaLM do):
 forward ``4·n_heads·head_dim·T`` per layer and token. The backward consists of four matmuls of
 half that each — dV (needed iff v_proj's output needs a gradient), dP (iff q's or k's does),
-dQ, dK — where a projection's output needs a gradient iff the projection is trainable/adapted
-or anything trainable is upstream of it. A trainable layer thus pays 3× forward; the core of a
-layer with nothing trainable at or below its q/k/v pays 1×. It is kept as a separate field and
-included in `exact_total`; the 6·N·D formula leaves it out.
+dQ, dK — where a projection's output needs a gradient iff the projection (weight, adapter,
+bias or q/k norm) trains or anything trainable is upstream of it. A trainable layer thus pays
+3× forward; the core of a layer with nothing trainable at or below its q/k/v pays 1×. It is
+kept as a separate field and included in `exact_total`; the 6·N·D formula leaves it out.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass
 
 from growlm.errors import GrowlmError
 from growlm.model.config import ModelConfig
-from growlm.plan.layout import Trainability, layer_base
+from growlm.plan.layout import Trainability
 
 
 @dataclass(frozen=True)
@@ -100,15 +100,10 @@ def _exact(state: Trainability) -> int:
 
 def _attention(state: Trainability, seq_len: int) -> int:
     cfg = state.cfg
-    unit = 2 * cfg.n_heads * cfg.head_dim * seq_len  # one of the core's matmuls, per token
-    linears = state.by_module
+    unit = 2 * cfg.q_dim * seq_len  # one of the core's matmuls, per token
     total = 0
     for i in range(cfg.n_layers):
-        upstream = state.grad_reaches(layer_base(i) + 1)  # anything before q/k/v (incl. norm)
-        needs = {
-            x: upstream or state.active(linears[f"layers.{i}.self_attn.{x}_proj"])
-            for x in "qkv"
-        }
+        needs = {x: state.projection_needs_grad(i, x) for x in "qkv"}
         backward = needs["v"] + (needs["q"] or needs["k"]) + needs["q"] + needs["k"]
         total += unit * (2 + backward)
     return total

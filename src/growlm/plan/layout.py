@@ -7,11 +7,15 @@ pass and whether anything trainable lies before it. The order is the network's d
 
 and inside a layer (pre-norm block):
 
-    input_layernorm < {q, k, v}_proj < attention core < o_proj
+    input_layernorm < {q, k, v}_proj < {q, k}_norm < attention core < o_proj
         < post_attention_layernorm < {gate, up}_proj < down_proj
 
 Weights that read the same input (q/k/v, gate/up) share a slot: none of them is upstream of
-another. The attention core (QKᵀ and AV) sits between the q/k/v slot and o_proj.
+another. A bias shares its linear's slot. The per-head q/k norms (Qwen3) have a slot of their
+own after q/k/v; the attention core (QKᵀ and AV) sits between them and o_proj. (The norms'
+slot also follows v_proj, which is not upstream of them: a trainable v_proj with nothing
+trainable before it charges the q/k norms an input gradient they do not need, 4·head_dim
+FLOPs per token and layer.)
 """
 
 from __future__ import annotations
@@ -22,18 +26,19 @@ from dataclasses import dataclass
 from growlm.errors import GrowlmError
 from growlm.model.config import ModelConfig
 
-SLOTS_PER_LAYER = 6  # input norm, qkv, o, post norm, gate/up, down
-_ATTN = {"q_proj": 1, "k_proj": 1, "v_proj": 1, "o_proj": 2}
-_MLP = {"gate_proj": 4, "up_proj": 4, "down_proj": 5}
+SLOTS_PER_LAYER = 7  # input norm, qkv, q/k norms, o, post norm, gate/up, down
+QKV_SLOT, QK_NORM_SLOT, O_SLOT, POST_NORM_SLOT, GATE_UP_SLOT, DOWN_SLOT = 1, 2, 3, 4, 5, 6
+_ATTN = {"q_proj": QKV_SLOT, "k_proj": QKV_SLOT, "v_proj": QKV_SLOT, "o_proj": O_SLOT}
+_MLP = {"gate_proj": GATE_UP_SLOT, "up_proj": GATE_UP_SLOT, "down_proj": DOWN_SLOT}
 
 
 @dataclass(frozen=True)
 class Weight:
-    name: str  # module path + ".weight" (the head of a tied model is "lm_head.weight")
+    name: str  # module path + ".weight" / ".bias" (a tied model's head is "lm_head.weight")
     param: str  # the parameter that holds it (differs from `name` only for a tied head)
-    kind: str  # "embedding" | "linear" | "norm"
+    kind: str  # "embedding" | "linear" | "bias" | "norm"
     slot: int  # position in the forward pass; weights reading the same input share a slot
-    shape: tuple[int, ...]  # (out, in) for linears, (dim,) for norms, (vocab, d) for the embedding
+    shape: tuple[int, ...]  # (out, in) for linears, (dim,) for norms and biases, (vocab, d) embedding
     layer: int | None = None
 
     @property
@@ -42,7 +47,7 @@ class Weight:
 
     @property
     def module(self) -> str:
-        return self.name.removesuffix(".weight")
+        return self.name.rsplit(".", 1)[0]
 
 
 def layer_base(i: int) -> int:
@@ -51,26 +56,34 @@ def layer_base(i: int) -> int:
 
 
 def network_weights(cfg: ModelConfig) -> list[Weight]:
-    """Every weight in forward order; a tied head appears twice (as lookup and as matmul)."""
-    d, f, hd = cfg.d_model, cfg.hidden_dim, cfg.head_dim
-    q_out, kv_out = cfg.n_heads * hd, cfg.kv_heads * hd
+    """Every weight in `Transformer.state_dict()` order, each with its forward-order slot; a
+    tied head appears twice (as lookup and as matmul)."""
+    d, f = cfg.d_model, cfg.hidden_dim
+    q_out, kv_out = cfg.q_dim, cfg.kv_dim
     out = [Weight("embed_tokens.weight", "embed_tokens.weight", "embedding", 0, (cfg.vocab_size, d))]
     shapes = {"q_proj": (q_out, d), "k_proj": (kv_out, d), "v_proj": (kv_out, d),
               "o_proj": (d, q_out), "gate_proj": (f, d), "up_proj": (f, d), "down_proj": (d, f)}
+    biased = {"q_proj": cfg.qkv_bias, "k_proj": cfg.qkv_bias, "v_proj": cfg.qkv_bias,
+              "o_proj": cfg.o_bias}
+
+    def add(name: str, kind: str, slot: int, shape: tuple[int, ...], layer: int) -> None:
+        out.append(Weight(name, name, kind, slot, shape, layer))
+
     for i in range(cfg.n_layers):
         base = layer_base(i)
         p = f"layers.{i}."
-        out.append(Weight(p + "input_layernorm.weight", p + "input_layernorm.weight", "norm",
-                          base, (d,), i))
+        add(p + "input_layernorm.weight", "norm", base, (d,), i)
         for name, off in _ATTN.items():
-            n = f"{p}self_attn.{name}.weight"
-            out.append(Weight(n, n, "linear", base + off, shapes[name], i))
+            add(f"{p}self_attn.{name}.weight", "linear", base + off, shapes[name], i)
+            if biased[name]:
+                add(f"{p}self_attn.{name}.bias", "bias", base + off, shapes[name][:1], i)
+        if cfg.qk_norm:
+            for name in ("q_norm", "k_norm"):
+                add(f"{p}self_attn.{name}.weight", "norm", base + QK_NORM_SLOT, (cfg.head_size,), i)
         if cfg.block == "full":
-            n = p + "post_attention_layernorm.weight"
-            out.append(Weight(n, n, "norm", base + 3, (d,), i))
+            add(p + "post_attention_layernorm.weight", "norm", base + POST_NORM_SLOT, (d,), i)
             for name, off in _MLP.items():
-                n = f"{p}mlp.{name}.weight"
-                out.append(Weight(n, n, "linear", base + off, shapes[name], i))
+                add(f"{p}mlp.{name}.weight", "linear", base + off, shapes[name], i)
     end = layer_base(cfg.n_layers)
     out.append(Weight("norm.weight", "norm.weight", "norm", end, (d,)))
     head_param = "embed_tokens.weight" if cfg.tie_embeddings else "lm_head.weight"
@@ -130,6 +143,7 @@ class Trainability:
             frozen -= tied
         self.frozen = frozen
         self.by_module = {w.module: w for w in self.weights if w.kind == "linear"}
+        self.by_name = {w.name: w for w in self.weights}
         self.adapter_params = self._place_adapters(adapters)
         if isinstance(adapters, dict):
             # LoRA trains only A and B: growlm.adapters freezes every wrapped weight, also
@@ -165,7 +179,7 @@ class Trainability:
         return w.param not in self.frozen and w.name not in self.frozen
 
     def adapted(self, w: Weight) -> bool:
-        return self.adapter_params.get(w.module, 0) > 0
+        return w.kind == "linear" and self.adapter_params.get(w.module, 0) > 0
 
     def active(self, w: Weight) -> bool:
         """Its own weight or its adapter needs a gradient."""
@@ -174,6 +188,18 @@ class Trainability:
     def grad_reaches(self, slot: float) -> bool:
         """Something trainable lies strictly before `slot`, so the gradient must flow there."""
         return self.first_active_slot < slot
+
+    def projection_needs_grad(self, layer: int, x: str) -> bool:
+        """Whether the output of layer `layer`'s `x`_proj (x in "q", "k", "v"), after its bias
+        and q/k norm, needs a gradient: something trainable lies before it, or the projection's
+        weight, adapter, bias or norm trains."""
+        if self.grad_reaches(layer_base(layer) + QKV_SLOT):
+            return True
+        p = f"layers.{layer}.self_attn."
+        if self.active(self.by_module[f"{p}{x}_proj"]):
+            return True
+        own = [f"{p}{x}_proj.bias", f"{p}{x}_norm.weight"]
+        return any(n in self.by_name and self.trainable(self.by_name[n]) for n in own)
 
     def adapter_rank(self, w: Weight) -> int:
         """Rank implied by an adapter's size on this linear (r·(in+out) parameters)."""

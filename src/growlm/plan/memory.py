@@ -22,8 +22,9 @@ tensor                                 size            kept when
 =====================================  ==============  =====================================
 input of input_layernorm               u·d             norm trainable or gradient reaches it
 its output (input of q, k, v)          u·d             q, k or v trainable / adapted
-Q, K, V after RoPE                     u·(d + 2·kv·hd) the attention core needs a backward
-attention output (input of o_proj)     u·d             core backward (the kernel needs it) or
+inputs of the q/k norms (Qwen3)        u·(q + kv)      a gradient must reach q / k
+Q, K, V after RoPE                     u·(q + 2·kv)    the attention core needs a backward
+attention output (input of o_proj)     u·q             core backward (the kernel needs it) or
                                                        o_proj trainable / adapted
 softmax log-sum-exp (fp32)             4·heads·T·B     core backward
 input of post_attention_layernorm      u·d             as for the first norm
@@ -33,7 +34,8 @@ product (input of down_proj)           u·f             down trainable / adapted
 adapter bottleneck (A·x)               u·r             per adapted linear
 =====================================  ==============  =====================================
 
-For a trainable layer this is ``u·(16·d + 8·f)`` (MHA), i.e. ≈ ``T·B·d·37`` bytes in bf16 with
+Here q = n_heads·head_dim and kv = kv_heads·head_dim (q = d unless head_dim is set apart).
+For a trainable layer this is ``u·(16·d + 8·f)`` (MHA, no q/k norms), i.e. ≈ ``T·B·d·37`` bytes in bf16 with
 f = 8d/3 — the analogue of Korthikanti's 34. With ``fused_attention=False`` (eager softmax) the
 probabilities add ``bytes·heads·T²·B`` per layer (Korthikanti's 5·a·s/h term without the
 dropout mask and output). After the layers: the final norm's input (u·d), its output when the
@@ -53,7 +55,7 @@ import fnmatch
 
 from growlm.errors import GrowlmError
 from growlm.model.config import ModelConfig
-from growlm.plan.layout import Trainability, Weight, layer_base
+from growlm.plan.layout import GATE_UP_SLOT, POST_NORM_SLOT, Trainability, layer_base
 
 BYTES_TRAINABLE = 16
 BYTES_FROZEN = 2
@@ -162,35 +164,37 @@ def tensor_bytes(tensors) -> int:
 
 # ---------------------------------------------------------------- activations
 
-def _layer_activations(state: Trainability, i: int, w: dict[str, Weight], u: int, lse: int,
-                       probs: int) -> int:
-    """Bytes layer i keeps for its backward (table in the module docstring); u = bytes·T·B.
-
-    `w` maps the layer's weights by short name (``q_proj``, ``input_layernorm``, ...)."""
+def _layer_activations(state: Trainability, i: int, u: int, lse: int, probs: int) -> int:
+    """Bytes layer i keeps for its backward (table in the module docstring); u = bytes·T·B."""
     cfg = state.cfg
-    d, f, hd = cfg.d_model, cfg.hidden_dim, cfg.head_dim
+    d, f = cfg.d_model, cfg.hidden_dim
     base = layer_base(i)
     up = state.grad_reaches
+    p = f"layers.{i}."
+    w = {n.removeprefix(p): x for n, x in state.by_name.items() if x.layer == i}
     act = state.active
-    needs = {x: up(base + 1) or act(w[f"{x}_proj"]) for x in "qkv"}
+    needs = {x: state.projection_needs_grad(i, x) for x in "qkv"}
     core = any(needs.values())
     total = 0
-    if state.trainable(w["input_layernorm"]) or up(base):
+    if state.trainable(w["input_layernorm.weight"]) or up(base):
         total += u * d
-    if any(act(w[f"{x}_proj"]) for x in "qkv"):
+    if any(act(w[f"self_attn.{x}_proj.weight"]) for x in "qkv"):
         total += u * d
     if core:
-        total += u * (cfg.n_heads * hd + 2 * cfg.kv_heads * hd) + lse + probs
-    if core or act(w["o_proj"]):
-        total += u * cfg.n_heads * hd
+        total += u * (cfg.q_dim + 2 * cfg.kv_dim) + lse + probs
+    if cfg.qk_norm:  # the norms keep their inputs (q_proj and k_proj outputs)
+        total += u * (cfg.q_dim * needs["q"] + cfg.kv_dim * needs["k"])
+    if core or act(w["self_attn.o_proj.weight"]):
+        total += u * cfg.q_dim
     if cfg.block == "full":
-        if state.trainable(w["post_attention_layernorm"]) or up(base + 3):
+        gate, up_proj = w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"]
+        if state.trainable(w["post_attention_layernorm.weight"]) or up(base + POST_NORM_SLOT):
             total += u * d
-        if act(w["gate_proj"]) or act(w["up_proj"]):
+        if act(gate) or act(up_proj):
             total += u * d
-        if up(base + 4) or act(w["gate_proj"]) or act(w["up_proj"]):
+        if up(base + GATE_UP_SLOT) or act(gate) or act(up_proj):
             total += 3 * u * f
-        if act(w["down_proj"]):
+        if act(w["mlp.down_proj.weight"]):
             total += u * f
     total += sum(u * state.adapter_rank(x) for x in w.values() if state.adapted(x))
     return total
@@ -219,11 +223,7 @@ def activation_bytes(cfg: ModelConfig, batch: int, seq_len: int, frozen: set[str
     u = bytes_per_activation * batch * seq_len
     lse = 4 * cfg.n_heads * batch * seq_len
     probs = 0 if fused_attention else bytes_per_activation * cfg.n_heads * seq_len * seq_len * batch
-    by_layer: list[dict[str, Weight]] = [{} for _ in range(cfg.n_layers)]
-    for w in state.weights:
-        if w.layer is not None:
-            by_layer[w.layer][w.name.split(".")[-2]] = w
-    layers = [_layer_activations(state, i, by_layer[i], u, lse, probs) for i in range(cfg.n_layers)]
+    layers = [_layer_activations(state, i, u, lse, probs) for i in range(cfg.n_layers)]
     tail = _after_layers(state, u, batch, seq_len)
     if not checkpointing:
         return sum(layers) + tail

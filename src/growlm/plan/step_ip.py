@@ -170,7 +170,7 @@ def adapter_params_per_layer(cfg: ModelConfig, rank: int,
     if rank < 0:
         raise GrowlmError(f"adapter rank must be ≥ 0, got {rank}")
     d, f = cfg.d_model, cfg.hidden_dim
-    q, kv = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    q, kv = cfg.q_dim, cfg.kv_dim
     sizes = {"q_proj": d + q, "k_proj": d + kv, "v_proj": d + kv, "o_proj": q + d}
     if cfg.block == "full":
         sizes |= {"gate_proj": d + f, "up_proj": d + f, "down_proj": f + d}

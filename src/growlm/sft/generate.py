@@ -69,18 +69,9 @@ def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> Non
 
 
 def _load_state(source: Path) -> tuple[ModelConfig, dict, Path | None]:
-    try:
-        from growlm.model.hf_cli import load_source
-    except ImportError:
-        load_source = None
-    if load_source is not None:
-        return load_source(source)
-    # Fallback while the export module is missing: growlm checkpoints only, adapters unmerged.
-    from growlm.checkpoint import load_model_state, resolve_checkpoint
+    from growlm.init_source import load_source
 
-    cfg, state, _ = load_model_state(source)
-    tok = resolve_checkpoint(source) / "tokenizer.json"
-    return cfg, state, tok if tok.is_file() else None
+    return load_source(source)
 
 
 def load_for_generation(

@@ -138,6 +138,11 @@ class Trainer:
             raise GrowlmError(
                 f"data.train: shards use a tokenizer with {data.vocab_size} tokens but model.vocab_size is "
                 f"{self.cfg.model.vocab_size} (prepare the data with the model's tokenizer or raise vocab_size)")
+        if self.cfg.stage[0].init is not None:
+            from growlm.init_source import check_init_tokenizer
+
+            check_init_tokenizer(self.cfg.stage[0].init, data.tokenizer_sha256,
+                                 f"{self.cfg.source}: stage.1.init")
         self.tokenizer_path = data.tokenizer_path
         self.train_tokens = data.tokens_available
         self.loader = data.loader
