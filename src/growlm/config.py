@@ -438,9 +438,12 @@ def _inherit_init_settings(cfg: RunConfig, source: str) -> None:
     except ValidationError as e:
         msg = e.errors()[0]["msg"].removeprefix("Value error, ")
         raise GrowlmError(f"{where}: the source's settings do not fit [model]: {msg}") from None
-    from growlm.grow.common import expected_shapes
+    from growlm.plan.layout import network_weights
 
-    if overrides and expected_shapes(probe) != expected_shapes(src):
+    def parameters(c: ModelConfig) -> list:  # names, shapes and which tensor holds each (tying)
+        return [(w.name, w.param, w.shape) for w in network_weights(c)]
+
+    if overrides and parameters(probe) != parameters(src):
         names = ", ".join(f"{k} ({a} → {b})" for k, a, b in overrides)
         raise GrowlmError(f"{where}: [model] sets {names}, which changes the parameters of the "
                           f"source {cfg.stage[0].init}; remove it from [model] to inherit the source's")

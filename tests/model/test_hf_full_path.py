@@ -139,10 +139,10 @@ lr = 1e-2
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_import_grow_train_export_load(family, tmp_path):
+    from growlm import checkpoint
     from growlm.cli import main as cli_main
     from growlm.config import load_recipe
     from growlm.data import prepare
-    from growlm.train import checkpoint
     from growlm.train.trainer import Trainer
 
     source = _source_folder(family, tmp_path / "source")

@@ -59,9 +59,8 @@ def _config_folder(tmp_path: Path, name: str) -> Path:
 
 @pytest.mark.parametrize("recipe", PAPER)
 def test_paper_scale_recipes_resolve_and_plan(recipe, tmp_path):
-    from growlm.plan.recipe_plan import plan_recipe
-
     from growlm.stages import resolve_stages
+    from growlm.train.plan import plan_recipe
 
     model, depth, params, trainable = PAPER[recipe]
     folder = _config_folder(tmp_path, model)
