@@ -25,6 +25,7 @@ from growlm import checkpoint as ckpt
 from growlm.config import load_recipe
 from growlm.errors import GrowlmError
 from growlm.files import WriteError
+from growlm.train.hooks import Hook
 from growlm.train.metrics import read_metrics
 from growlm.train.trainer import Stopped, Trainer
 
@@ -490,3 +491,33 @@ def test_disk_use_stays_bounded_and_budget_warns(shards, tmp_path, monkeypatch, 
     roomy = load_recipe(recipe, ["run.disk_budget=\"1GiB\""])
     assert check_disk_budget(roomy, trainer.stages, tmp_path) is None
     assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------- a diverged run never ends green
+
+class _PoisonWeights(Hook):
+    """A hook that turns one weight non-finite after a given step."""
+
+    def __init__(self, at_step: int):
+        self.at_step = at_step
+
+    def step_end(self, trainer, built, record, last):
+        if record["step"] == self.at_step:
+            with torch.no_grad():
+                next(built.model.parameters()).view(-1)[0] = math.inf
+
+
+@pytest.mark.parametrize("policy", ["skip", "rollback", "stop"])
+def test_non_finite_weights_or_val_loss_fail_the_run(shards, tmp_path, monkeypatch, policy):
+    from growlm.train.trainer import Trainer as T
+
+    recipe = write_recipe(tmp_path, shards, f"w-{policy}", SINGLE, n_layers=1,
+                          train_extra=f'nonfinite = "{policy}"')
+    trainer = T(load_recipe(recipe), quiet=True, hooks=[_PoisonWeights(at_step=4)])
+    with pytest.raises(GrowlmError, match="training diverged: stage 1 ended with a non-finite weight"):
+        trainer.run()
+    monkeypatch.setattr(T, "val_loss", lambda self, model: math.nan)
+    recipe = write_recipe(tmp_path, shards, f"v-{policy}", SINGLE, n_layers=1,
+                          train_extra=f'nonfinite = "{policy}"')
+    with pytest.raises(GrowlmError, match="non-finite validation loss nan"):
+        T(load_recipe(recipe), quiet=True).run()
