@@ -37,7 +37,7 @@ def run(args) -> int:
     cfg = load_recipe(args.recipe, overrides)
     hooks = benchmark_hooks(cfg)
     if args.dry_run:
-        return dry_run(cfg, hooks)
+        return dry_run(cfg, hooks, args.resume)
     dist = maybe_init_distributed(cfg)
     hint = shlex.join(["growlm", "train", args.recipe, *[x for o in args.overrides for x in ("--set", o)],
                        *(["--out", args.out] if args.out else []), "--resume"])
@@ -49,13 +49,16 @@ def run(args) -> int:
             dist.close()
 
 
-def dry_run(cfg, hooks) -> int:
+def dry_run(cfg, hooks, resume: bool) -> int:
     """Everything `growlm train` checks before its first step, and nothing written."""
     from growlm.stages import recipe_notes
-    from growlm.train.trainer import Trainer
+    from growlm.train.manager import CheckpointManager
+    from growlm.train.trainer import Trainer, stages_fingerprint
 
-    trainer = Trainer(cfg, quiet=True, hooks=hooks)
+    trainer = Trainer(cfg, resume=resume, quiet=True, hooks=hooks)
     trainer._open_data()
+    manager = CheckpointManager(trainer.ckpt_root, cfg.run.keep_last, stages_fingerprint(cfg))
+    trainer._check_run_dir(manager)  # read-only: an existing run must match the recipe
     for note in [*recipe_notes(cfg, trainer.stages), *trainer._data_notes()]:
         print(f"note: {note}")
     steps = sum(s.steps for s in trainer.stages)
