@@ -61,8 +61,8 @@ down the residual stream (2·s·d).
 input (s·d) when the backward reaches it; the backward recomputes one block's full set at a time.
 
 Not modelled: the forward's own transients (smaller than the loss moment), allocator rounding
-and fragmentation (none on CPU; CUDA's caching allocator rounds to 512 bytes), and
-communication buffers of DDP/FSDP.
+and fragmentation (none on CPU; CUDA's caching allocator rounds to 512 bytes), DDP's gradient
+buckets, and FSDP's sharding (the estimate is for one process holding the whole model).
 """
 
 from __future__ import annotations
@@ -211,7 +211,8 @@ def loss_cost(state: Trainability, tokens: Tokens, prec: Precision, impl: str) -
 
 @dataclass(frozen=True)
 class Moment:
-    """Bytes alive above the weights and optimizer state at one moment of the step."""
+    """Bytes alive at one moment of the step, above the weights, optimizer state, buffers and
+    batches (which are alive throughout)."""
 
     name: str
     bytes: int
@@ -222,13 +223,15 @@ def step_moments(state: Trainability, tokens: Tokens, prec: Precision, *, loss_i
                  fused_attention: bool = True) -> tuple[list[Moment], int]:
     """The forward/backward moments of one step, and the bytes of all its gradients.
 
-    Each moment's bytes are above weights, optimizer state and batches (growlm.plan.memory
-    adds those and the optimizer step's moment). `accumulation` > 1: micro-batches after
+    Each moment's bytes are above weights, optimizer state, buffers and batches
+    (growlm.plan.memory adds those, and the optimizer step's moment). `accumulation` > 1: micro-batches after
     the first find every gradient alive and add theirs into them through temporaries."""
     cfg = state.cfg
+    norm, head = (w for w in state.weights if w.name in ("norm.weight", "lm_head.weight"))
+    if state.first_active_slot > head.slot:
+        return [], 0  # nothing trains: no backward
     layers = [layer_cost(state, i, w, tokens, prec, fused_attention) for i, w in enumerate(_by_layer(state))]
     s = prec.stream * tokens.n
-    norm, head = (w for w in state.weights if w.name in ("norm.weight", "lm_head.weight"))
     embed = state.weights[0]
     loss = loss_cost(state, tokens, prec, loss_impl)
     tail_grads = grad_bytes(state, [norm, head], prec)
@@ -236,8 +239,6 @@ def step_moments(state: Trainability, tokens: Tokens, prec: Precision, *, loss_i
     all_grads = sum(x.grads for x in layers) + tail_grads + embed_grads
     kept_in = [s * cfg.d_model if (checkpointing and x.kept) else x.kept for x in layers]
     tail_in = s * cfg.d_model if (state.trainable(norm) or state.grad_reaches(norm.slot)) else 0
-    if state.first_active_slot > head.slot:
-        return [], 0  # nothing trains: no backward
     held = all_grads if accumulation > 1 else 0  # earlier micro-batches' gradients
     persist = accumulation == 1  # a new gradient becomes .grad rather than a temporary
     # the final norm's output is alive through the loss (the "checkpoint" loss keeps it: its

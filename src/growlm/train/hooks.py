@@ -183,8 +183,8 @@ def describe_stage(stage, acct: dict, opt_state: str) -> str:
             f"{human_count(p['trainable'])}, frozen {human_count(p['frozen'])}, adapter "
             f"{human_count(p['adapter'])} | FLOPs/token exact {human_count(f['exact'])} (6·N·D formula "
             f"{human_count(f['6nd'])}) | est. peak memory {human_bytes(acct['memory']['peak_estimated_bytes'])} "
-            f"(model state {human_bytes(acct['memory']['model_state_estimated_bytes'])}) | optimizer "
-            f"state {opt_state}")
+            f"(model state {human_bytes(acct['memory']['model_state_estimated_bytes'])}; "
+            f"{acct['memory'].get('estimate_precision', 'bf16-mixed')}) | optimizer state {opt_state}")
 
 
 class Progress(Hook):
