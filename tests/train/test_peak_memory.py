@@ -79,3 +79,15 @@ def test_plan_sets_the_measured_peak_beside_the_runs_estimate(write_recipe):
         assert m["peak_measured_bytes"] > m["model_state_bytes"]
     text = format_plan(plan)
     assert text.count("memory as run (fp32): model state") == 2 and "measured/estimated" in text
+
+
+def test_a_run_failing_in_a_probed_step_leaves_no_profiler_running(write_recipe, monkeypatch):
+    import pytest
+    import torch
+
+    from growlm.errors import GrowlmError
+
+    monkeypatch.setenv("GROWLM_FAULT_NAN", "1")  # the first (probed) step's loss is NaN
+    with pytest.raises(GrowlmError, match="non-finite"):
+        _run(write_recipe(name="stopped"), "train.nonfinite=stop")
+    assert not torch.autograd._profiler_enabled()

@@ -218,18 +218,27 @@ class Moment:
     bytes: int
 
 
+@dataclass(frozen=True)
+class Timeline:
+    moments: list[Moment]  # the forward/backward moments (none when nothing trains)
+    gradients: int  # bytes of every gradient of the step
+    activations: int  # bytes kept for the backward when the forward ends (`activation_bytes`)
+
+
 def step_moments(state: Trainability, tokens: Tokens, prec: Precision, *, loss_impl: str,
                  checkpointing: bool = False, accumulation: int = 1,
-                 fused_attention: bool = True) -> tuple[list[Moment], int]:
-    """The forward/backward moments of one step, and the bytes of all its gradients.
+                 fused_attention: bool = True) -> Timeline:
+    """The forward/backward moments of one step, the bytes of all its gradients and of the
+    activations kept when the forward ends.
 
     Each moment's bytes are above weights, optimizer state, buffers and batches
-    (growlm.plan.memory adds those, and the optimizer step's moment). `accumulation` > 1: micro-batches after
-    the first find every gradient alive and add theirs into them through temporaries."""
+    (growlm.plan.memory adds those, and the optimizer step's moment). `accumulation` > 1:
+    micro-batches after the first find every gradient alive and add theirs into them through
+    temporaries."""
     cfg = state.cfg
     norm, head = (w for w in state.weights if w.name in ("norm.weight", "lm_head.weight"))
     if state.first_active_slot > head.slot:
-        return [], 0  # nothing trains: no backward
+        return Timeline([], 0, 0)  # nothing trains: no backward
     layers = [layer_cost(state, i, w, tokens, prec, fused_attention) for i, w in enumerate(_by_layer(state))]
     s = prec.stream * tokens.n
     embed = state.weights[0]
@@ -268,19 +277,12 @@ def step_moments(state: Trainability, tokens: Tokens, prec: Precision, *, loss_i
     if state.trainable(embed):
         # the embedding's dense gradient: a new .grad, or a temporary added into a tied head's
         moments.append(Moment("backward, embedding", level + embed.params * prec.grad))
-    return moments, all_grads
+    return Timeline(moments, all_grads, sum(kept_in) + tail_in + loss.kept)
 
 
 def activation_bytes(state: Trainability, tokens: Tokens, prec: Precision, *, loss_impl: str,
                      checkpointing: bool = False, fused_attention: bool = True) -> int:
     """Bytes kept for the backward when the forward ends (layers, final norm, the loss's saved
-    gradients; the head weight's gradient is a gradient and not counted here)."""
-    cfg = state.cfg
-    if state.first_active_slot > state.weights[-1].slot:
-        return 0
-    layers = [layer_cost(state, i, w, tokens, prec, fused_attention) for i, w in enumerate(_by_layer(state))]
-    s = prec.stream * tokens.n
-    norm = next(w for w in state.weights if w.name == "norm.weight")
-    kept = sum(s * cfg.d_model if (checkpointing and x.kept) else x.kept for x in layers)
-    kept += s * cfg.d_model if (state.trainable(norm) or state.grad_reaches(norm.slot)) else 0
-    return kept + loss_cost(state, tokens, prec, loss_impl).kept
+    tensors; the head weight's gradient is a gradient and not counted here)."""
+    return step_moments(state, tokens, prec, loss_impl=loss_impl, checkpointing=checkpointing,
+                        fused_attention=fused_attention).activations

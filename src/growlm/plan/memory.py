@@ -279,18 +279,16 @@ def estimate_peak(cfg: ModelConfig, frozen: set[str], adapters: dict[str, int] |
     stored = sum(w.params for w in state.weights if not (w.param in seen or seen.add(w.param)))
     weights = precision.weight * stored + 4 * sum(state.adapter_params.values())
     optimizer_state, workspace = _optimizer(state, precision, optimizer, galore_rank)
-    moments, gradients = act.step_moments(state, tokens, precision, loss_impl=impl,
-                                          checkpointing=checkpointing, accumulation=accumulation,
-                                          fused_attention=fused_attention)
+    timeline = act.step_moments(state, tokens, precision, loss_impl=impl, checkpointing=checkpointing,
+                                accumulation=accumulation, fused_attention=fused_attention)
+    gradients, activations = timeline.gradients, timeline.activations
     copies = _weight_copies(state, precision)
-    moments = [act.Moment(m.name, m.bytes + copies) for m in moments]
+    moments = [act.Moment(m.name, m.bytes + copies) for m in timeline.moments]
     if gradients:
         moments.append(act.Moment("optimizer step", gradients + workspace))
     rope = 2 * cfg.max_seq_len * cfg.head_dim * 4  # cos and sin buffers, fp32
     batches = accumulation * 2 * tokens.n * 8  # int64 inputs and targets
     top = max(moments, key=lambda m: m.bytes, default=act.Moment("no backward", 0))
-    activations = act.activation_bytes(state, tokens, precision, loss_impl=impl,
-                                       checkpointing=checkpointing, fused_attention=fused_attention)
     return PeakEstimate(precision.name, weights, gradients, optimizer_state, rope, batches,
                         activations, weights + optimizer_state + rope + batches + top.bytes,
                         top.name, tuple(moments))

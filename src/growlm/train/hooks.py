@@ -96,20 +96,22 @@ class PeakMemoryProbe(Hook):
         self._until = 0
         self._window = None
 
-    def _abort(self) -> None:
-        if self._window is not None:  # a step that ended in an exception (a rollback)
+    def close(self) -> None:
+        """End a window a step left open by raising (a rollback, a stop): the profiler must
+        not keep running in the process."""
+        if self._window is not None:
             self._window.stop()
             self._window = None
 
     def stage_start(self, trainer, built, start_step) -> None:
-        self._abort()
+        self.close()
         self.peak_bytes, self.method, self.steps = None, None, []
         self._until = start_step + self.first
 
     def step_start(self, trainer, built, stage_step) -> None:
         from growlm.memory_probe import PeakMemory
 
-        self._abort()
+        self.close()
         if stage_step < self._until or (self.every and (stage_step + 1) % self.every == 0):
             self._window = PeakMemory(self.device).start()
             self.steps.append(stage_step + 1)

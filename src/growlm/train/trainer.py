@@ -233,6 +233,7 @@ class Trainer:
                 except Rollback as rb:
                     self._handoff, start, resume = self._rollback(rb, metrics_path)
         finally:
+            self.probe.close()
             self._restore_signals(old_handlers)
             if self.metrics:
                 self.metrics.close()
