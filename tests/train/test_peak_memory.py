@@ -91,3 +91,16 @@ def test_a_run_failing_in_a_probed_step_leaves_no_profiler_running(write_recipe,
     with pytest.raises(GrowlmError, match="non-finite"):
         _run(write_recipe(name="stopped"), "train.nonfinite=stop")
     assert not torch.autograd._profiler_enabled()
+
+
+def test_a_resumed_stage_probes_its_first_steps_after_the_resume(write_recipe, run_cli):
+    recipe = write_recipe(name="resumed")
+    # the second checkpoint write (step 4) dies: the run resumes from step 2, inside stage 1
+    proc = run_cli("train", str(recipe), "--quiet", env={"GROWLM_FAULT": "checkpoint_mid_write:2"})
+    assert proc.returncode == 17
+    trainer = Trainer(load_recipe(recipe), resume=True, quiet=True)
+    trainer.run()
+    ends = [r for r in _rows(trainer.out) if r["kind"] == "stage" and r["event"] == "end"]
+    assert [e["memory"]["peak_measured_by"].rsplit(", ", 1)[-1] for e in ends] == \
+        ["stage steps 3-4", "stage steps 1-2"]
+    assert all(e["memory"]["peak_measured_bytes"] > e["memory"]["model_state_bytes"] for e in ends)

@@ -96,9 +96,9 @@ class Trainer:
         self.rank = dist.rank if dist else 0
         self.world = dist.world_size if dist else 1
         self.verbose = self.rank == 0 and not quiet
+        self.device = dist.device if dist else pick_device(cfg.run.device)
         self.out = cfg.out_dir
         self.ckpt_root = self.out / "checkpoints"
-        self.device = dist.device if dist else pick_device(cfg.run.device)
         self.counters, self.rng = Counters(), RNGState()
         self.faults, self.state_bytes = FaultInjection(), ModelStateBytes()
         self.probe = PeakMemoryProbe(cfg.run.memory_probe_steps, cfg.run.memory_probe_every, self.device)
