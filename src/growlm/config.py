@@ -67,6 +67,11 @@ class RunSection(_Strict):
     # Multi-process runs (torchrun): how the model is replicated or sharded across ranks.
     distributed: Literal["none", "ddp", "fsdp"] = "ddp"
     activation_checkpointing: bool = False  # recompute each block's activations in backward
+    # Peak memory measured (growlm.memory_probe) over the first `memory_probe_steps` steps of
+    # each stage (and of a resumed one) and every `memory_probe_every`-th step; 0 turns either
+    # off. On CPU a probed step costs a garbage collection and the profiler's bookkeeping.
+    memory_probe_steps: int = Field(2, ge=0)
+    memory_probe_every: int = Field(0, ge=0)
     dist_timeout_s: int = Field(600, gt=0)  # a collective waiting longer than this fails the run
 
     @field_validator("name")

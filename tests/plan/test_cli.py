@@ -51,6 +51,25 @@ def test_recipe_plan_writes_json_and_chart(tmp_path, capsys):
     assert code == 0 and "baseline" in out and "same tokens" in out
 
 
+def test_recipe_plan_says_its_memory_precision(tmp_path, capsys):
+    path = tmp_path / "r.toml"
+    path.write_text(TINY.format(layers=4))
+    code, out, _ = run(capsys, "plan", str(path), "--out", str(tmp_path / "o"), "--no-chart")
+    assert code == 0 and "memory estimated in bf16-mixed: bf16 weights" in out
+    code, out, _ = run(capsys, "plan", str(path), "--out", str(tmp_path / "o"), "--no-chart", "--json",
+                       "--precision", "fp32")
+    plan = json.loads(out)
+    assert plan["memory_precision"]["name"] == "fp32"
+    assert all(s["memory"]["precision"] == "fp32" for s in plan["stages"])
+    code, out, _ = run(capsys, "plan", str(path), "--out", str(tmp_path / "o"), "--no-chart", "--json",
+                       "--precision", "run")
+    import torch
+
+    as_run = "bf16-autocast" if torch.cuda.is_available() else "fp32"  # run.device = "auto"
+    assert json.loads(out)["memory_precision"]["name"] == as_run
+    assert plan["stages"][1]["as_run"]["precision"] == as_run
+
+
 def test_recipe_whose_stages_do_not_reach_the_final_depth(tmp_path, capsys):
     path = tmp_path / "r.toml"
     path.write_text(TINY.format(layers=6))  # 2 layers stacked ×2 = 4, not 6

@@ -1,8 +1,9 @@
 """`growlm plan`: a recipe's FLOP/memory plan, STEP's layer split, Gstack's growth timing.
 
-    growlm plan RECIPE.toml [--set k=v ...] [--json] [--out DIR]
+    growlm plan RECIPE.toml [--set k=v ...] [--precision P] [--json] [--out DIR]
     growlm plan step --layers L --stages K --d-model D [--ffn-dim F] [--n-heads H] [--vocab V]
                      [--adapter-rank R] [--budget 10GiB] [--paper-formula] [--json]
+                     [--memory peak --micro-batch B --seq-len T [--checkpointing]]
                      [--write-recipe out.toml]
     growlm plan gstack --params N --tokens D [--flops C] [--json]
 
@@ -24,9 +25,10 @@ from growlm.errors import GrowlmError
 from growlm.units import human_bytes, human_count, parse_bytes, parse_count
 
 RELORA_RESET_EVERY = 5000  # steps, as in STEP's recipes (ReLoRA's reset interval)
+PRECISION_CHOICES = ("bf16-mixed", "fp32", "bf16-autocast")  # growlm.plan.precision.PRECISIONS
 
 EPILOG = """forms:
-  growlm plan RECIPE.toml [--set k=v ...] [--json] [--out DIR]
+  growlm plan RECIPE.toml [--set k=v ...] [--precision P] [--json] [--out DIR]
   growlm plan step --layers L --stages K --d-model D [options]   (growlm plan step --help)
   growlm plan gstack --params N --tokens D [--flops C] [--json]  (growlm plan gstack --help)"""
 
@@ -68,6 +70,11 @@ def _recipe_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="where plan.json and plan.png go (default: the run's out_dir)")
     p.add_argument("--no-chart", action="store_true", help="skip plan.png")
+    p.add_argument("--precision", choices=[*PRECISION_CHOICES, "run"], default="bf16-mixed",
+                   help="what the memory columns assume: bf16-mixed (the papers' accounting, the "
+                        "default), fp32 (growlm on CPU), bf16-autocast (growlm on CUDA), or run "
+                        "(as this recipe trains on its device); measured figures are always set "
+                        "beside the run's own estimate")
     return p
 
 
@@ -76,7 +83,7 @@ def _run_recipe(a: argparse.Namespace) -> int:
     from growlm.train.plan import format_plan, plan_recipe
 
     cfg = load_recipe(a.recipe, a.overrides)
-    plan = plan_recipe(cfg)
+    plan = plan_recipe(cfg, memory_precision=a.precision)
     out = a.out if a.out is not None else cfg.out_dir
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -121,6 +128,17 @@ def _step_parser() -> argparse.ArgumentParser:
                    help="embedding, final norm and head after stage 1: frozen with the inherited "
                         "layers as in STEP (default), or trainable (ignored with --paper-formula)")
     p.add_argument("--budget", default=None, help="memory budget, e.g. 10GiB: smallest K that fits")
+    p.add_argument("--memory", choices=("model-state", "peak"), default="model-state",
+                   help="what the split minimises and --budget must hold: model state (STEP's P_i, "
+                        "the default) or a training step's whole estimated peak, activations and "
+                        "workspace included, for --micro-batch × --seq-len tokens")
+    p.add_argument("--micro-batch", type=int, default=1,
+                   help="--memory peak: sequences per micro-batch (default 1)")
+    p.add_argument("--checkpointing", action="store_true",
+                   help="--memory peak: with activation checkpointing")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="bf16-mixed",
+                   help="--memory peak: bytes per tensor (default bf16-mixed, the papers'; fp32 as "
+                        "growlm on CPU; bf16-autocast as growlm on CUDA)")
     p.add_argument("--paper-formula", action="store_true",
                    help="STEP's P_i exactly (no embedding / head terms)")
     p.add_argument("--json", action="store_true")
@@ -128,7 +146,8 @@ def _step_parser() -> argparse.ArgumentParser:
                    help="write a runnable STEP recipe with this split")
     p.add_argument("--tokens", default="1B",
                    help="recipe: tokens per stage, one value or K comma-separated (default 1B)")
-    p.add_argument("--seq-len", type=int, default=1024, help="recipe: sequence length")
+    p.add_argument("--seq-len", type=int, default=1024,
+                   help="sequence length of --memory peak and of the written recipe (default 1024)")
     p.add_argument("--data", default="data/shards", help="recipe: prepared token shards folder")
     return p
 
@@ -141,7 +160,8 @@ def _positive(name: str, value: int | None) -> None:
 def _step_model(a: argparse.Namespace):
     from growlm.model.config import ModelConfig
 
-    for name in ("layers", "d_model", "ffn_dim", "n_heads", "n_kv_heads", "vocab", "seq_len"):
+    for name in ("layers", "d_model", "ffn_dim", "n_heads", "n_kv_heads", "vocab", "seq_len",
+                 "micro_batch"):
         _positive("--" + name.replace("_", "-"), getattr(a, name))
     _positive("--stages", a.stages)
     if a.adapter_rank < 0:
@@ -156,19 +176,41 @@ def _step_model(a: argparse.Namespace):
         raise GrowlmError(f"impossible model shape: {msg.removeprefix('Value error, ')}") from None
 
 
+def _step_solver(a: argparse.Namespace, cfg, problem):
+    """(problem or peak table, solver, what the bytes are) for the chosen --memory."""
+    from growlm.plan.step_ip import solve_step
+
+    if a.memory == "model-state":
+        return problem, solve_step, "model state"
+    from growlm.plan.precision import precision
+    from growlm.plan.step_peak import PeakTable, solve_step_peak
+
+    if a.paper_formula:
+        raise GrowlmError("--memory peak counts the embedding, head and loss, which --paper-formula "
+                          "leaves out; drop one of the two")
+    table = PeakTable(cfg, a.adapter_rank, a.micro_batch, a.seq_len, precision(a.precision),
+                      a.checkpointing, a.embed_head)
+    ckpt = ", activation checkpointing" if a.checkpointing else ""
+    what = (f"step peak ({a.precision}, micro-batch {a.micro_batch} × {a.seq_len} tokens{ckpt}: "
+            "model state + activations + workspace)")
+    return table, solve_step_peak, what
+
+
 def _run_step(a: argparse.Namespace) -> int:
-    from growlm.plan.step_ip import solve_step, solve_step_budget, step_problem
+    from growlm.plan.step_ip import solve_step_budget, step_problem
 
     cfg = _step_model(a)
     problem = step_problem(cfg, a.adapter_rank, paper_formula=a.paper_formula,
                            embed_head=a.embed_head)
+    target, solve, what = _step_solver(a, cfg, problem)
     if a.budget is not None:
-        sol = solve_step_budget(problem, parse_bytes(a.budget, "--budget"), a.stages)
+        sol = solve_step_budget(target, parse_bytes(a.budget, "--budget"), a.stages, solve=solve)
     elif a.stages is None:
         raise GrowlmError("give --stages K, or --budget to find the smallest K that fits")
     else:
-        sol = solve_step(problem, a.stages)
-    result = {**sol.as_dict(), "params_per_layer": problem.params_per_layer,
+        sol = solve(target, a.stages)
+    result = {**sol.as_dict(), "memory": a.memory, "bytes_are": what,
+              "params_per_layer": problem.params_per_layer,
               "adapter_params_per_layer": problem.adapter_params_per_layer,
               "embed_head_params": problem.embed_head_params, "paper_formula": a.paper_formula}
     if a.json:
@@ -177,8 +219,8 @@ def _run_step(a: argparse.Namespace) -> int:
         print(f"STEP split of {cfg.n_layers} layers (d_model {cfg.d_model}, ffn {cfg.hidden_dim}, "
               f"adapter rank {a.adapter_rank}): layers per stage {sol.layers_per_stage}")
         for i, (n, b) in enumerate(zip(sol.layers_per_stage, sol.per_stage_bytes), 1):
-            print(f"  stage {i}: +{n:<3} layers  model state {human_bytes(b)}")
-        print(f"  peak {human_bytes(sol.peak_bytes)} ({sol.peak_bytes} bytes)")
+            print(f"  stage {i}: +{n:<3} layers  {what.split(' (')[0]} {human_bytes(b)}")
+        print(f"  peak {human_bytes(sol.peak_bytes)} ({sol.peak_bytes} bytes) of {what}")
     if sol.fits is False:
         print(f"growlm plan step: does not fit: the budget {human_bytes(sol.budget_bytes)} is below "
               f"the best achievable peak {human_bytes(sol.peak_bytes)} "

@@ -74,12 +74,14 @@ class Row:
     # The names from before the four memory figures, kept for callers that read them.
     @property
     def peak_estimated(self) -> int:
-        """The model-state estimate (the papers' 16/2 bytes formula), 0 when unknown."""
+        """The model-state estimate by formula (in the run's precision; runs from before the
+        stage records named one: the papers' 16/2 bytes), 0 when unknown."""
         return self.memory.get("model_state_estimated_bytes") or 0
 
     @property
     def peak_measured(self) -> int:
-        """The allocator's measured peak where recorded, else measured model-state bytes."""
+        """The measured peak of live bytes (activations included) where recorded, else the
+        measured model-state bytes."""
         return self.memory.get(self._measured_key) or 0
 
     @property

@@ -280,11 +280,39 @@ def adapter_params_by_linear(model: nn.Module) -> dict[str, int]:
     return {name: m.lora_A.numel() + m.lora_B.numel() for name, m in adapter_modules(model).items()}
 
 
-def stage_accounting(built: BuiltStage, cfg) -> dict:
+def accumulation_steps(cfg, world_size: int = 1) -> int:
+    """Micro-batches per optimizer step on each rank (at least 1)."""
+    seqs = cfg.train.global_batch_tokens // cfg.data.seq_len
+    return max(1, seqs // (cfg.train.micro_batch_size * world_size))
+
+
+def stage_memory(built: BuiltStage, cfg, precision=None, *, device_type: str = "cpu",
+                 world_size: int = 1, checkpointing: bool | None = None):
+    """growlm.plan.memory.estimate_peak for a built stage as `cfg` runs it: its frozen set,
+    adapters, optimizer, micro-batch, accumulation and loss implementation on `device_type`
+    (fp32 on CPU, bf16 autocast on CUDA), in `precision` (default: the device's) and with
+    `checkpointing` (default: run.activation_checkpointing)."""
+    from growlm.model.loss import choose_loss_impl
+    from growlm.plan.memory import estimate_peak
+    from growlm.plan.precision import run_precision
+
+    cuda = device_type == "cuda"
+    prec = precision or run_precision(device_type)
+    plain_head = type(built.model.lm_head) is nn.Linear
+    impl = choose_loss_impl(device_type, plain_head=plain_head, fp32=not cuda and prec.activation == 4)
+    galore = [g["rank"] for g in built.optimizer.param_groups if g.get("rank") is not None]
+    return estimate_peak(
+        built.stage.model, built.frozen, adapter_params_by_linear(built.model),
+        cfg.train.micro_batch_size, cfg.data.seq_len, precision=prec, loss_impl=impl,
+        optimizer="galore" if galore else "adamw", galore_rank=galore[0] if galore else None,
+        checkpointing=cfg.run.activation_checkpointing if checkpointing is None else checkpointing,
+        accumulation=accumulation_steps(cfg, world_size))
+
+
+def stage_accounting(built: BuiltStage, cfg, *, device_type: str = "cpu", world_size: int = 1) -> dict:
     """Parameters, FLOPs per token and estimated memory of a built stage, as the trainer logs
-    them and the planner prints them (growlm.plan.flops, growlm.plan.memory)."""
+    them (growlm.plan.flops, growlm.plan.memory); memory for the run on `device_type`."""
     from growlm.plan.flops import count_flops
-    from growlm.plan.memory import activation_bytes, galore_groups_saving, model_state_bytes
 
     adapters = adapter_params_by_linear(built.model)
     seen, trainable, frozen = set(), 0, 0
@@ -297,16 +325,14 @@ def stage_accounting(built: BuiltStage, cfg) -> dict:
         else:
             frozen += p.numel()
     n_adapter = sum(adapters.values())
-    stage, seq_len = built.stage, cfg.data.seq_len
-    fc = count_flops(stage.model, built.frozen, adapters, seq_len)
-    state = model_state_bytes(trainable, frozen, n_adapter) - galore_groups_saving(built.optimizer.param_groups)
-    act = activation_bytes(stage.model, cfg.train.micro_batch_size, seq_len, built.frozen, adapters,
-                           checkpointing=cfg.run.activation_checkpointing)
+    fc = count_flops(built.stage.model, built.frozen, adapters, cfg.data.seq_len)
+    est = stage_memory(built, cfg, device_type=device_type, world_size=world_size)
     return {
         "params": {"trainable": trainable, "frozen": frozen, "adapter": n_adapter,
                    "total": trainable + frozen + n_adapter},
         "flops_per_token": {"6nd": int(fc.six_nd), "exact": int(fc.exact_total),
                             "attention": int(fc.attention)},
-        "memory": {"model_state_estimated_bytes": int(state), "activation_estimated_bytes": int(act),
-                   "peak_estimated_bytes": int(state + act)},
+        "memory": {"model_state_estimated_bytes": est.model_state,
+                   "activation_estimated_bytes": est.activations,
+                   "peak_estimated_bytes": est.peak, "estimate_precision": est.precision},
     }

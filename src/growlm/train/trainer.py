@@ -23,7 +23,7 @@ import torch
 from growlm.errors import GrowlmError
 from growlm.stages import resolve_stages
 from growlm.train import boundary
-from growlm.train.hooks import FaultInjection, ModelStateBytes, Progress
+from growlm.train.hooks import FaultInjection, ModelStateBytes, PeakMemoryProbe, Progress
 from growlm.train.manager import CheckpointManager, Saved
 from growlm.train.metrics import MetricsWriter
 from growlm.train.state import Counters, RNGState
@@ -101,7 +101,8 @@ class Trainer:
         self.ckpt_root = self.out / "checkpoints"
         self.counters, self.rng = Counters(), RNGState()
         self.faults, self.state_bytes = FaultInjection(), ModelStateBytes()
-        self.hooks = [Progress(cfg.run.log_every), self.state_bytes, *hooks]
+        self.probe = PeakMemoryProbe(cfg.run.memory_probe_steps, cfg.run.memory_probe_every, self.device)
+        self.hooks = [Progress(cfg.run.log_every), self.state_bytes, self.probe, *hooks]
         self.metrics: MetricsWriter | None = None
         self._stop_signal: int | None = None
         self._skip_to: tuple[int, int] | None = None  # (stage index, loader position) after a rollback
@@ -222,19 +223,22 @@ class Trainer:
 
     def _run_stages(self, saved: Saved | None) -> None:
         metrics_path = self.out / "metrics.jsonl"
-        handoff, start, resume = self._restore(saved, metrics_path)
+        # The hand-off lives on the trainer, not in a local: a stage takes it and drops it once
+        # built, so the previous stage's weights are not held through the next one's training.
+        self._handoff, start, resume = self._restore(saved, metrics_path)
         self.metrics = self._open_metrics(metrics_path)
         old_handlers = self._install_signals()
         try:
             while True:
                 try:
                     for i in range(start, len(self.stages)):
-                        handoff = self._stage(i, handoff, resume)
+                        self._handoff = self._stage(i, resume)
                         resume = None
                     break
                 except Rollback as rb:
-                    handoff, start, resume = self._rollback(rb, metrics_path)
+                    self._handoff, start, resume = self._rollback(rb, metrics_path)
         finally:
+            self.probe.close()
             self._restore_signals(old_handlers)
             if self.metrics:
                 self.metrics.close()
@@ -299,7 +303,8 @@ class Trainer:
         return restored
 
     # ------------------------------------------------------------------ one stage
-    def _stage(self, i: int, handoff, resume: Saved | None):
+    def _stage(self, i: int, resume: Saved | None):
+        handoff, self._handoff = self._handoff, None
         stage = self.stages[i]
         previous = self.stages[i - 1] if i else None
         if resume is not None:
@@ -315,13 +320,15 @@ class Trainer:
             if stage.spec.data == "restart":
                 self.loader.position = 0
             start = 0
+        del handoff  # loaded into the stage's model
         built.module = self.parallel.wrap(built.model, built.optimizer)
         if resume is not None:
             self.rng.load_state_dict(resume.state["rng"])
         if self._skip_to is not None and self._skip_to[0] == stage.index:  # past the bad batch
             self.loader.position = max(self.loader.position, self._skip_to[1])
             self._skip_to = None
-        self.accounting = boundary.stage_accounting(built, self.cfg)
+        self.accounting = boundary.stage_accounting(built, self.cfg, device_type=self.device.type,
+                                                    world_size=self.world)
         self._train(built, start)
         return self._leave(built)
 
@@ -349,6 +356,8 @@ class Trainer:
             hook.stage_end(self, built)
 
     def _step(self, built, stage_step: int) -> dict:
+        for hook in self.hooks:
+            hook.step_start(self, built, stage_step)
         t0, c, stage = time.perf_counter(), self.counters, built.stage
         lr = stage.lr * stage.lr_factor(stage_step) * c.lr_scale_for(stage.index)
         self.faults.begin_step(c.global_step + 1)
@@ -378,6 +387,8 @@ class Trainer:
                   "grad_norm": result.grad_norm, "tokens_per_s": tps,
                   "mfu": (fpt["exact"] * tps / peak / self.world) if peak else None,
                   "time": c.elapsed, "skipped_steps": c.skipped_steps, "rollbacks": c.rollbacks}
+        for hook in self.hooks:
+            hook.step_record(self, built, record)
         if self.metrics is not None:
             self.metrics.log(record)
         return record
@@ -440,18 +451,17 @@ class Trainer:
         self.metrics.log({"kind": "stage", "event": event, "stage": stage.number, "name": stage.name,
                           "step": c.global_step, "tokens": c.tokens, "flops": c.flops,
                           "params": self.accounting["params"], "flops_per_token": self.accounting["flops_per_token"],
-                          "memory": self._memory(built), "optimizer_state": built.opt_state,
+                          "memory": self._memory(measured=event == "end"), "optimizer_state": built.opt_state,
                           "steps": stage.steps, "model": stage.model.model_dump()})
 
-    def _memory(self, built) -> dict:
-        """The planner's estimates, model-state bytes counted on the live tensors after the
-        stage's first update, and (where the device can tell) the allocator's peak."""
+    def _memory(self, measured: bool) -> dict:
+        """The planner's estimates for this run's device and precision and, at a stage's end,
+        model-state bytes counted on the live tensors after the stage's first update and the
+        largest peak the probe measured over the stage's probed steps (activations included)."""
         mem = dict(self.accounting["memory"])
-        mem["model_state_bytes"] = self.state_bytes.bytes
-        mem["peak_measured_bytes"], mem["peak_measured_by"] = None, None
-        if self.device.type == "cuda":
-            mem["peak_measured_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
-            mem["peak_measured_by"] = "cuda max_memory_allocated"
+        mem["model_state_bytes"] = self.state_bytes.bytes if measured else None
+        mem["peak_measured_bytes"] = self.probe.peak_bytes if measured else None
+        mem["peak_measured_by"] = self.probe.measured_by if measured else None
         return mem
 
     # ------------------------------------------------------------------ evaluation
