@@ -12,6 +12,39 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from growlm.errors import GrowlmError
+
+
+def check_compile(device: torch.device) -> None:
+    """`run.compile = true`: raise GrowlmError at load when torch.compile's default backend
+    (inductor) cannot build kernels for `device`, instead of failing at the first step. CPU
+    kernels are C++ built with the system compiler (g++ or $CXX); CUDA kernels need Triton."""
+    from torch._dynamo.eval_frame import check_if_dynamo_supported
+
+    try:
+        check_if_dynamo_supported()
+    except RuntimeError as e:
+        raise GrowlmError(f"run.compile = true: torch.compile is not available here ({e}); "
+                          "set run.compile = false") from None
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            raise GrowlmError("run.compile = true on CUDA needs Triton for torch.compile's "
+                              "kernels and it does not import; install triton or set "
+                              "run.compile = false")
+        return
+    from torch._inductor import config, exc
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        tried = ", ".join(c for c in config.cpp.cxx if c)
+        raise GrowlmError(f"run.compile = true on CPU needs a C++ compiler for torch.compile's "
+                          f"kernels and none runs (tried {tried}; $CXX names another); install "
+                          "g++ or set run.compile = false") from None
+
 
 class Parallelism:
     def __init__(self, run_cfg, dist, device: torch.device):
