@@ -56,8 +56,6 @@ from growlm.model import ModelConfig  # noqa: E402
 from growlm.train.hooks import Hook  # noqa: E402
 from growlm.train.trainer import peak_flops  # noqa: E402
 
-MiB = 2**20
-
 
 @dataclass
 class Profile:
@@ -84,8 +82,7 @@ GPU = Profile(
     sizes={"125m": dict(d_model=768, n_layers=12, n_heads=12),
            "350m": dict(d_model=1024, n_layers=24, n_heads=16)},
     frozen=dict(shape=dict(d_model=1024, n_layers=24, n_heads=16), frozen_layers=16, rank=64,
-                batch=8,
-                reps={"warmup": 2, "reps": 4, "steps": 2}),
+                batch=8, reps={"warmup": 2, "reps": 4, "steps": 2}),
     big_step=dict(model=dict(d_model=1024, n_layers=24, n_heads=16), first_layers=12,
                   steps=(3, 4), reset_every=2, rank=64, micro=8, global_tokens=16384),
     small_step=dict(model=dict(d_model=768, n_layers=12, n_heads=12), first_layers=6,
@@ -111,8 +108,8 @@ SMOKE = Profile(
 )
 
 
-def model_cfg(p: Profile, shape: dict, seq: int | None = None) -> ModelConfig:
-    return ModelConfig(vocab_size=p.vocab, max_seq_len=seq or p.seq, **shape)
+def model_cfg(p: Profile, shape: dict) -> ModelConfig:
+    return ModelConfig(vocab_size=p.vocab, max_seq_len=p.seq, **shape)
 
 
 # ---------------------------------------------------------------- throughput, loss, frozen
@@ -234,7 +231,8 @@ lr = 3e-4
 
 class StageMemory(Hook):
     """A trainer hook: per stage, the planner's estimate and the measured peak from the
-    stage's start (growlm.memory_probe.PeakMemory), and the steps' tokens/s and losses."""
+    stage's start (growlm.memory_probe.PeakMemory), and the median tokens/s and MFU of the
+    steps after the first."""
 
     def __init__(self, device: torch.device):
         self.device, self.stages, self.probe = device, {}, None
@@ -273,8 +271,8 @@ def write_recipe(work: Path, p: Profile, name: str, model: dict, stages: str, *,
     """A recipe in `work`; without `ckpt_every` only the stage ends are saved (a ~350M
     checkpoint with its optimizer state takes GBs of disk and seconds to write)."""
     text = RECIPE.format(name=name, out=(work / name).as_posix(), device=p.device,
-                         ckpt_every=ckpt_every,
-                         compile=str(compile).lower(), eval_tokens=4 * p.seq, vocab=p.vocab,
+                         ckpt_every=ckpt_every, compile=str(compile).lower(),
+                         eval_tokens=4 * p.seq, vocab=p.vocab,
                          seq=p.seq, data=data.as_posix(), global_tokens=global_tokens,
                          micro=micro, **model) + stages
     path = work / f"{name}.toml"
@@ -363,8 +361,9 @@ def check_fsdp2(p: Profile, work: Path, data: Path, state: dict) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    tdist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1,
-                             init_method=f"tcp://127.0.0.1:{port}")
+    cuda = device.type == "cuda"
+    tdist.init_process_group("nccl" if cuda else "gloo", rank=0, world_size=1,
+                             init_method=f"tcp://127.0.0.1:{port}", device_id=device if cuda else None)
     try:
         mesh = init_device_mesh(device.type, (1,))
         dist = Dist(rank=0, world_size=1, local_rank=0, device=device, mode="fsdp", mesh=mesh)

@@ -9,6 +9,9 @@ once the optimizer holds its state.
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import torch
 from torch import nn
 
@@ -34,16 +37,24 @@ def check_compile(device: torch.device) -> None:
                               "kernels and it does not import; install triton or set "
                               "run.compile = false")
         return
-    from torch._inductor import config, exc
-    from torch._inductor.cpp_builder import get_cpp_compiler
-
+    try:
+        from torch._inductor import config, exc
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # an older torch: look for the compiler it would use by name
+        cxx = os.environ.get("CXX", "g++")
+        if shutil.which(cxx) is None:
+            raise _no_cxx(cxx) from None
+        return
     try:
         get_cpp_compiler()
     except exc.InvalidCxxCompiler:
-        tried = ", ".join(c for c in config.cpp.cxx if c)
-        raise GrowlmError(f"run.compile = true on CPU needs a C++ compiler for torch.compile's "
-                          f"kernels and none runs (tried {tried}; $CXX names another); install "
-                          "g++ or set run.compile = false") from None
+        raise _no_cxx(", ".join(c for c in config.cpp.cxx if c)) from None
+
+
+def _no_cxx(tried: str) -> GrowlmError:
+    return GrowlmError(f"run.compile = true on CPU needs a C++ compiler for torch.compile's "
+                       f"kernels and none runs (tried {tried}; $CXX names another); install "
+                       "g++ or set run.compile = false")
 
 
 class Parallelism:
