@@ -176,6 +176,45 @@ class FaultInjection(Hook):
         fault("train_step")
 
 
+class CompileWatch(Hook):
+    """Counts the graphs torch.compile builds in each stage (`run.compile = true`).
+
+    A stage compiles its graphs in its first step (in this process: a resumed stage compiles
+    again). A graph built after that is a recompilation, which on a GPU can cost as much as
+    hundreds of steps; the stage's end warns about it. `stages` maps the stage number to
+    {"first_step": graphs built in the first step, "later": graphs built after it}. The count
+    is torch._dynamo's process-wide `unique_graphs` counter, which `torch.compiler.reset()`
+    (called at every stage boundary) leaves alone.
+    """
+
+    def __init__(self):
+        self.stages: dict[int, dict[str, int]] = {}
+        self._start = self._first = None
+
+    @staticmethod
+    def graphs() -> int:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+
+    def stage_start(self, trainer, built, start_step) -> None:
+        self._start, self._first = self.graphs(), None
+
+    def step_end(self, trainer, built, record, last) -> None:
+        if self._first is None:
+            self._first = self.graphs()
+
+    def stage_end(self, trainer, built) -> None:
+        now = self.graphs()
+        first = now if self._first is None else self._first
+        counts = {"first_step": first - self._start, "later": now - first}
+        self.stages[built.stage.number] = counts
+        if counts["later"]:
+            trainer.warn(f"stage {built.stage.number}: torch.compile built {counts['later']} more "
+                         f"graph(s) after the stage's first step (recompilation; "
+                         "TORCH_LOGS=recompiles says why)")
+
+
 def describe_stage(stage, acct: dict, opt_state: str) -> str:
     """The line printed when a stage starts."""
     m, p, f = stage.model, acct["params"], acct["flops_per_token"]

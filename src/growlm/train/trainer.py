@@ -23,7 +23,13 @@ import torch
 from growlm.errors import GrowlmError
 from growlm.stages import resolve_stages
 from growlm.train import boundary
-from growlm.train.hooks import FaultInjection, ModelStateBytes, PeakMemoryProbe, Progress
+from growlm.train.hooks import (
+    CompileWatch,
+    FaultInjection,
+    ModelStateBytes,
+    PeakMemoryProbe,
+    Progress,
+)
 from growlm.train.manager import CheckpointManager, Saved
 from growlm.train.metrics import MetricsWriter
 from growlm.train.state import Counters, RNGState
@@ -103,6 +109,9 @@ class Trainer:
         self.faults, self.state_bytes = FaultInjection(), ModelStateBytes()
         self.probe = PeakMemoryProbe(cfg.run.memory_probe_steps, cfg.run.memory_probe_every, self.device)
         self.hooks = [Progress(cfg.run.log_every), self.state_bytes, self.probe, *hooks]
+        self.compile_watch = CompileWatch() if cfg.run.compile else None
+        if self.compile_watch is not None:
+            self.hooks.append(self.compile_watch)
         self.metrics: MetricsWriter | None = None
         self._stop_signal: int | None = None
         self._skip_to: tuple[int, int] | None = None  # (stage index, loader position) after a rollback
@@ -114,8 +123,10 @@ class Trainer:
                 f"train.global_batch_tokens / data.seq_len = {seqs} sequences per step is not divisible by "
                 f"micro_batch_size × world size = {per_rank}")
         self.accum = seqs // per_rank
-        from growlm.train.parallel import Parallelism
+        from growlm.train.parallel import Parallelism, check_compile
 
+        if cfg.run.compile:
+            check_compile(self.device)
         self.parallel = Parallelism(cfg.run, dist, self.device)
 
     # ------------------------------------------------------------------ output
