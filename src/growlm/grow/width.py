@@ -117,6 +117,18 @@ def _per_dim(head_src: Tensor, head_dim: int) -> Tensor:
     return torch.where(heads < 0, -1, dims)
 
 
+def inplace_sources(old: ModelConfig, new: ModelConfig) -> dict[str, Tensor]:
+    """Where each unit of `new` sits in `old` when old units keep their places (zero,
+    width_random, width_learn, masked growth): old unit index per new unit, -1 for a new one.
+
+    Keys: "d" (residual dims), "f" (FFN units), "q_heads" and "kv_heads" (attention heads,
+    laid out group by group as in the module docstring)."""
+    q_heads, kv_heads = _head_maps(old, new, copy=False)
+    return {"d": _units(old.d_model, new.d_model, copy=False),
+            "f": _units(old.hidden_dim, new.hidden_dim, copy=False),
+            "q_heads": q_heads, "kv_heads": kv_heads}
+
+
 class _Plan:
     """Index maps and scales of every (axis, role) for one width growth."""
 
