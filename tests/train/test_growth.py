@@ -163,3 +163,23 @@ def test_every_stage_is_checked_on_meta_with_its_growth_phase(write_recipe):
         "width:d": (32, 16), "width:f": (256, 256), "width:q": (2, 1), "width:k": (2, 1), "width:v": (2, 1)}
     mask = boundary.check_recipe(load_recipe(write_recipe(WIDTH_MASK, n_layers=2, name="m")))[1].growth
     assert mask.kind == "mask" and mask.steps == 3
+
+
+def test_masked_width_growth_carries_the_old_slices_adam_moments(write_recipe):
+    """optimizer_state = "map" after width_random: MSG's moments, old slice kept, new units zero."""
+    cfg = load_recipe(write_recipe(WIDTH_MASK + 'optimizer_state = "map"\n', n_layers=2))  # the grown stage's
+    stages = resolve_stages(cfg, cfg.source)
+    small = boundary.enter_stage(cfg, stages[0], None)
+    x = torch.randint(0, 320, (2, 17), generator=torch.Generator().manual_seed(0))
+    small.model(x[:, :-1], labels=x[:, 1:]).backward()
+    small.optimizer.step()
+    handoff = boundary.leave_stage(small, stages[1])
+    built = boundary.enter_stage(cfg, stages[1], handoff, stages[0])
+    assert built.opt_state == f"mapped ({sum(1 for p in built.model.parameters())} tensors)"
+    params = dict(built.model.named_parameters())
+    q = built.optimizer.state[params["layers.0.self_attn.q_proj.weight"]]["exp_avg"]
+    old = handoff.moments["layers.0.self_attn.q_proj.weight"]["exp_avg"]
+    assert torch.equal(q[:16, :16], old) and not q[16:].any() and not q[:, 16:].any()
+    up = built.optimizer.state[params["layers.1.mlp.up_proj.weight"]]["exp_avg_sq"]
+    old_up = handoff.moments["layers.1.mlp.up_proj.weight"]["exp_avg_sq"]
+    assert torch.equal(up[:, :16], old_up) and not up[:, 16:].any()  # FFN kept its width: rows all old

@@ -221,7 +221,12 @@ def enter_stage(cfg, stage, handoff: HandOff | None, previous=None, *, parallel=
     if stage.spec.optimizer_state == "map" and handoff is not None and handoff.moments:
         from growlm.optim.build import map_moments
 
-        n = map_moments(built.optimizer, built.model, handoff.moments, provenance)
+        slices = None
+        if spec_op(stage) in ("zero", "width_random") and source is not None:
+            from growlm.grow.width import inplace_positions
+
+            slices = inplace_positions(source[0], stage.model)  # MSG: the old slice keeps its moments
+        n = map_moments(built.optimizer, built.model, handoff.moments, provenance, slices)
         built.opt_state = f"mapped ({n} tensors)"
     if source is not None:
         from growlm.train.growth import make_phase
@@ -230,6 +235,10 @@ def enter_stage(cfg, stage, handoff: HandOff | None, previous=None, *, parallel=
         with at(f"{cfg.source}: {stage.where}"):
             built.growth = make_phase(cfg, stage, built, old, small, maps, device)
     return built
+
+
+def spec_op(stage) -> str | None:
+    return stage.spec.grow.op if stage.spec.grow is not None else None
 
 
 def rebuild_stage(cfg, stage, provenance: dict, weights: dict | None = None, *, parallel=None,
