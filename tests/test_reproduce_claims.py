@@ -34,6 +34,9 @@ def test_word_similarity_counts_only_measurable_sets(claims):
             "standard": NS(eval_results=_ws(a=0.2, b=0.3, c=math.nan))}
     ok, text = claims.claim_a(runs)
     assert ok is True and "higher on 1 of 2 measurable datasets" in text
+    runs["standard"] = NS(eval_results=_ws(a=0.2, b=None, c=None))  # eval.json writes NaN as null
+    ok, text = claims.claim_a(runs)
+    assert ok is True and "higher on 1 of 1 measurable datasets" in text
     runs["standard"] = NS(eval_results=None)
     assert claims.claim_a(runs)[0] is None  # not evaluated: no verdict
 

@@ -33,6 +33,13 @@ def _all_some_none(flags: list[bool]) -> bool | str:
     return True if all(flags) else PARTLY if any(flags) else False
 
 
+def _rho(result: dict) -> float | None:
+    """A dataset's embedding rho; None when not measurable (NaN, or null in eval.json, which
+    writes non-finite numbers as null)."""
+    v = result.get("embedding")
+    return None if not isinstance(v, (int, float)) or math.isnan(v) else float(v)
+
+
 def claim_a(runs: dict[str, Run]) -> tuple[bool | None, str]:
     from growlm.eval.wordsim import summary_score
 
@@ -42,9 +49,8 @@ def claim_a(runs: dict[str, Run]) -> tuple[bool | None, str]:
     if not ws1 or not ws0:
         return None, "word similarity was not evaluated"
     a, b = summary_score(ws1), summary_score(ws0)
-    measurable = [d for d in ws1 if d in ws0
-                  and not math.isnan(ws1[d]["embedding"]) and not math.isnan(ws0[d]["embedding"])]
-    wins = sum(1 for d in measurable if ws1[d]["embedding"] > ws0[d]["embedding"])
+    measurable = [d for d in ws1 if d in ws0 and _rho(ws1[d]) is not None and _rho(ws0[d]) is not None]
+    wins = sum(1 for d in measurable if _rho(ws1[d]) > _rho(ws0[d]))
     cov = ", ".join(f"{d} {ws0[d]['kept']}/{ws0[d]['total']}" for d in ws0)
     ok = None if math.isnan(a) or math.isnan(b) else a > b
     return ok, (f"mean Spearman rho of the input embedding: One Layer (Attn) stage-1 embedding "
@@ -170,7 +176,7 @@ def operator_table(rows: dict[str, cmp.Row]) -> list:
         saving = "never reaches it" if r.flops_to_target is None else f"saving {fmt_pct(r.saving)}"
         return f"{fmt_loss(r.final_val_loss)} ({saving})"
     body = [[op, cell((op, "depth")), cell((op, "width"))] for op in OPERATORS]
-    return [Heading("Gstack's operator study", 3),
+    return [Heading("Gstack's operator study"),
             Paragraph("Final validation loss of each growth operator, grown 4x in depth (a quarter of the "
                       "layers) or in width (every width halved), every run at the baseline's exact FLOPs; in "
                       "brackets the share of FLOPs saved in reaching the baseline's final loss. G_direct in depth is the "

@@ -155,3 +155,14 @@ def test_width_learn_refuses_a_head_count_that_does_not_divide(tiny):
     assert "\n" not in str(e.value)
     with pytest.raises(GrowlmError, match="cannot shrink query heads per kv head"):
         check_growth(old, old.with_(d_model=64, n_heads=8, n_kv_heads=8), spec, "stage.2")
+
+
+def test_width_learn_keeps_per_head_norms_and_a_set_head_dim(tiny, make_model):
+    old = tiny(model_type="qwen3", qk_norm=True, head_dim=16, n_heads=2)  # head_dim apart from d/n
+    new = old.with_(d_model=64, n_heads=4, ffn_dim=128)
+    state = make_model(old).state_dict()
+    out, prov = grow(state, old, new, GrowSpec(op="width_learn", factor=2))
+    for name in ("layers.0.self_attn.q_norm.weight", "layers.1.self_attn.k_norm.weight"):
+        assert torch.equal(out[name], state[name]) and prov[name]["kind"] == "copied"
+    assert torch.equal(out["layers.0.self_attn.q_proj.weight"][:32, :32], state["layers.0.self_attn.q_proj.weight"])
+    assert out["layers.0.self_attn.q_proj.weight"].shape == (4 * 16, 64)
