@@ -304,5 +304,5 @@ def test_masked_growth_under_ddp_matches_one_process_and_learning_is_refused(rec
                                               'op = "learn", factor = 3, learn_steps = 2'))
     proc = _torchrun("train", str(learn), "--quiet")
     assert proc.returncode != 0
-    assert "stage.2.grow: 'learn' learns its growth maps in one process" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    message = "stage.2.grow: 'learn' learns its growth maps in one process"
+    assert (proc.stdout + proc.stderr).count(message) == 2, proc.stderr[-2000:]  # one line per rank

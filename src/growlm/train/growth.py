@@ -233,10 +233,21 @@ def step_fields(built, stage_step: int) -> dict:
     return {"mask": phase.c}
 
 
-def after_step(built, stage_step: int) -> str | None:
+def after_step(trainer, built, stage_step: int) -> None:
     """Move the phase past stage step `stage_step`: the next mask value, or the end of the
     phase ("materialised": the learned weights are the model's; "folded": the masks are gone),
-    which is returned so the trainer can log it before any checkpoint of this step."""
+    logged as a "growth" record before any checkpoint of this step, so a resume keeps it."""
+    event = _advance(built, stage_step)
+    if event is None:
+        return
+    c, stage = trainer.counters, built.stage
+    if trainer.metrics is not None:
+        trainer.metrics.log({"kind": "growth", "event": event, "stage": stage.number, "step": c.global_step,
+                             "tokens": c.tokens, "flops": c.flops, "flops_6nd": c.flops_6nd})
+    trainer.log(f"stage {stage.number}: growth {event} after stage step {stage_step + 1}")
+
+
+def _advance(built, stage_step: int) -> str | None:
     phase = built.growth
     if phase is None:
         return None

@@ -387,14 +387,9 @@ class Trainer:
                   "grad_norm": result.grad_norm, "tokens_per_s": tps,
                   "mfu": (fpt["exact"] * tps / peak / self.world) if peak else None,
                   "time": c.elapsed, "skipped_steps": c.skipped_steps, "rollbacks": c.rollbacks, **phase_fields}
-        event = growth.after_step(built, stage_step)
         if self.metrics is not None:
             self.metrics.log(record)
-            if event:  # before any checkpoint of this step, so a resume keeps it
-                self.metrics.log({"kind": "growth", "event": event, "stage": stage.number, "step": c.global_step,
-                                  "tokens": c.tokens, "flops": c.flops, "flops_6nd": c.flops_6nd})
-        if event:
-            self.log(f"stage {stage.number}: growth {event} after stage step {stage_step + 1}")
+        growth.after_step(self, built, stage_step)
         return record
 
     def _nonfinite(self, result, stage) -> None:
