@@ -29,7 +29,11 @@ mask (`op = "random"` / `"width_random"` with `mask_steps`, MSG). The growth mas
   checkpoint holds; the phase also saves it, and checks the two agree on resume.
 
 Each phase is Stateful (`state_dict` / `load_state_dict`): the checkpoint manager saves it
-under "growth" in mid-stage checkpoints while the phase runs.
+under "growth" in mid-stage checkpoints while the phase runs (a learning phase's state holds
+the small model's weights and the maps, so such a checkpoint is that much larger). The weights
+of a mid-ramp checkpoint are the plain grown model's: evaluated or exported on their own they
+compute the model at c = 1, not the masked one being trained; boundary checkpoints come after
+the fold.
 """
 
 from __future__ import annotations
