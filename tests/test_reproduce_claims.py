@@ -34,6 +34,9 @@ def test_word_similarity_counts_only_measurable_sets(claims):
             "standard": NS(eval_results=_ws(a=0.2, b=0.3, c=math.nan))}
     ok, text = claims.claim_a(runs)
     assert ok is True and "higher on 1 of 2 measurable datasets" in text
+    runs["standard"] = NS(eval_results=_ws(a=0.2, b=None, c=None))  # eval.json writes NaN as null
+    ok, text = claims.claim_a(runs)
+    assert ok is True and "higher on 1 of 1 measurable datasets" in text
     runs["standard"] = NS(eval_results=None)
     assert claims.claim_a(runs)[0] is None  # not evaluated: no verdict
 
@@ -68,3 +71,21 @@ def test_gstack_and_baselines_verdicts(claims):
     assert claims.claim_e({"relora": trail, "galore": beat}, base)[0] == claims.PARTLY
     assert claims.claim_e({"relora": trail, "galore": trail}, base)[0] is True
     assert claims.claim_e({}, base)[0] is None
+
+
+def test_operator_study_verdicts(claims):
+    def row(loss, to_target=None, saving=0.0):
+        return NS(final_val_loss=loss, flops_to_target=to_target, saving=saving)
+    rows = {"gstack": row(4.8, 8e11, 0.2), "ops-depth-learn": row(4.9), "ops-width-direct": row(5.1),
+            "ops-width-learn": row(4.85), "ops-depth-zero": row(None)}
+    ok, text = claims.claim_f(rows)
+    assert ok is True and text.startswith("final val loss, best first: G_direct ↑ 4.8000") and "4 of the 8 missing" in text
+    rows["ops-width-zero"] = row(4.7)
+    assert claims.claim_f(rows)[0] is False
+    ok, text = claims.claim_g(rows)  # G_direct: depth wins; G_learn: width wins; G_zero: depth missing
+    assert ok == claims.PARTLY and "G_learn: depth 4.9000 vs width 4.8500" in text
+    assert claims.claim_f({"ops-width-zero": row(4.7)})[0] is None
+    table = claims.operator_table(rows)
+    body = table[-1].rows
+    assert body[0] == ["G_direct", "4.8000 (saving +20.0%)", "5.1000 (never reaches it)"]
+    assert body[2] == ["G_zero", "-", "4.7000 (never reaches it)"]

@@ -33,6 +33,13 @@ def _all_some_none(flags: list[bool]) -> bool | str:
     return True if all(flags) else PARTLY if any(flags) else False
 
 
+def _rho(result: dict) -> float | None:
+    """A dataset's embedding rho; None when not measurable (NaN, or null in eval.json, which
+    writes non-finite numbers as null)."""
+    v = result.get("embedding")
+    return None if not isinstance(v, (int, float)) or math.isnan(v) else float(v)
+
+
 def claim_a(runs: dict[str, Run]) -> tuple[bool | None, str]:
     from growlm.eval.wordsim import summary_score
 
@@ -42,9 +49,8 @@ def claim_a(runs: dict[str, Run]) -> tuple[bool | None, str]:
     if not ws1 or not ws0:
         return None, "word similarity was not evaluated"
     a, b = summary_score(ws1), summary_score(ws0)
-    measurable = [d for d in ws1 if d in ws0
-                  and not math.isnan(ws1[d]["embedding"]) and not math.isnan(ws0[d]["embedding"])]
-    wins = sum(1 for d in measurable if ws1[d]["embedding"] > ws0[d]["embedding"])
+    measurable = [d for d in ws1 if d in ws0 and _rho(ws1[d]) is not None and _rho(ws0[d]) is not None]
+    wins = sum(1 for d in measurable if _rho(ws1[d]) > _rho(ws0[d]))
     cov = ", ".join(f"{d} {ws0[d]['kept']}/{ws0[d]['total']}" for d in ws0)
     ok = None if math.isnan(a) or math.isnan(b) else a > b
     return ok, (f"mean Spearman rho of the input embedding: One Layer (Attn) stage-1 embedding "
@@ -109,12 +115,42 @@ def claim_e(rows: dict[str, cmp.Row], base: cmp.Row) -> tuple[bool | str | None,
                          for n, r in found)
 
 
+def _study(rows: dict[str, cmp.Row]) -> dict[tuple[str, str], cmp.Row]:
+    """(operator, direction) → row, for the operator-study runs that finished."""
+    return {M.OPERATOR_STUDY[n]: r for n, r in rows.items()
+            if n in M.OPERATOR_STUDY and r.final_val_loss is not None}
+
+
+def claim_f(rows: dict[str, cmp.Row]) -> tuple[bool | None, str]:
+    study = _study(rows)
+    if ("G_direct", "depth") not in study or len(study) < 2:
+        return None, "operator-study runs missing"
+    ranked = sorted(study.items(), key=lambda kv: kv[1].final_val_loss)
+    order = ", ".join(f"{op} {'↑' if d == 'depth' else '→'} {fmt_loss(r.final_val_loss)}" for (op, d), r in ranked)
+    missing = f" ({8 - len(study)} of the 8 missing)" if len(study) < 8 else ""
+    return ranked[0][0] == ("G_direct", "depth"), f"final val loss, best first: {order}{missing}"
+
+
+def claim_g(rows: dict[str, cmp.Row]) -> tuple[bool | str | None, str]:
+    study = _study(rows)
+    pairs = [(op, study[op, "depth"], study[op, "width"]) for op in OPERATORS
+             if (op, "depth") in study and (op, "width") in study]
+    if not pairs:
+        return None, "no operator ran in both directions"
+    return (_all_some_none([d.final_val_loss < w.final_val_loss for _, d, w in pairs]),
+            "; ".join(f"{op}: depth {fmt_loss(d.final_val_loss)} vs width {fmt_loss(w.final_val_loss)}"
+                      for op, d, w in pairs))
+
+
+OPERATORS = ("G_direct", "G_learn", "G_zero", "G_random")
 CLAIMS = [
     ("a", "One Layer stage-1 embeddings beat the baseline's on word similarity (Lee et al.)"),
     ("b", "frozen embedding + head allow a higher LR (Lee et al.)"),
     ("c", "STEP matches the baseline at lower peak memory (Yano et al.)"),
     ("d", "Gstack reaches the baseline's loss with fewer FLOPs (Du et al.)"),
     ("e", "ReLoRA and GaLore trail the baseline (STEP's baselines)"),
+    ("f", "of the eight growth operators, stacking in depth (G_direct ↑) ends lowest at equal FLOPs (Du et al.)"),
+    ("g", "each operator does better in depth than in width (Du et al.)"),
 ]
 
 
@@ -122,8 +158,30 @@ def check_claims(outcomes: dict[str, dict], runs: dict[str, Run], rows: dict[str
                  scale: M.Scale) -> list:
     base = rows["standard"]
     results = {"a": claim_a(runs), "b": claim_b(outcomes, scale), "c": claim_c(rows, base),
-               "d": claim_d(rows, base), "e": claim_e(rows, base)}
+               "d": claim_d(rows, base), "e": claim_e(rows, base), "f": claim_f(rows), "g": claim_g(rows)}
     return [(key, text, *results[key]) for key, text in CLAIMS]
+
+
+def operator_table(rows: dict[str, cmp.Row]) -> list:
+    """The operator study as the paper lays it out, operators × directions: final val loss and
+    the FLOPs saved to the baseline's final loss (every run at the baseline's FLOPs)."""
+    study = _study(rows)
+    if not study:
+        return []
+
+    def cell(key):
+        r = study.get(key)
+        if r is None:
+            return "-"
+        saving = "never reaches it" if r.flops_to_target is None else f"saving {fmt_pct(r.saving)}"
+        return f"{fmt_loss(r.final_val_loss)} ({saving})"
+    body = [[op, cell((op, "depth")), cell((op, "width"))] for op in OPERATORS]
+    return [Heading("Gstack's operator study"),
+            Paragraph("Final validation loss of each growth operator, grown 4x in depth (a quarter of the "
+                      "layers) or in width (every width halved), every run at the baseline's exact FLOPs; in "
+                      "brackets the share of FLOPs saved in reaching the baseline's final loss. G_direct in depth is the "
+                      "gstack method."),
+            Table(["operator", "depth (↑)", "width (→)"], body, "lll")]
 
 
 def _portable(outcome: dict, work: Path) -> dict:
@@ -171,11 +229,15 @@ def _setup_blocks(scale: M.Scale, shards: Path, target: int, outcomes: list[dict
             "Stage lengths (fractions of the baseline's steps, as in the seeds' tiny recipes): "
             "reuse stage 1 = 1/2 (the small model; stage 2 re-reads the same data); STEP 2-stage "
             "stage 1 = 3/8 of a 1/2 plan; STEP 3-stage 3/10 of 4/10 plans; Gstack and ReLoRA "
-            "stage 1 = 1/4 with the LR planned over the whole run.",
+            "stage 1 = 1/4 with the LR planned over the whole run; the operator study (Gstack's "
+            "G_direct/G_learn/G_zero/G_random in depth and width) likewise, its learn ops training "
+            "their maps for the grown stage's first B/36 steps and its random ops ramping MSG's masks "
+            "over B/12 steps.",
             f"LR sweeps (peak LR, the centre lr0 = {scale.lr:g}): standard × {{0.5, 1, 2, 4}}; reuse: "
             f"the small model alone × {{1, 2}}, the lowest final validation loss kept (Lee et al.'s "
             f"rule), then stage 2 × {{1, 2, 4}} (the seeds found frozen embeddings take a higher "
-            f"LR); STEP, Gstack, ReLoRA × {{1, 2}}; GaLore × {{1, 3}}. Every variant runs the full "
+            f"LR); STEP, Gstack, ReLoRA and the operator study × {{1, 2}}; GaLore × {{1, 3}}. Every "
+            f"variant runs the full "
             f"budget; the best by final validation loss is the method's run above.",
             f"Validation loss: {scale.eval_tokens:,} tokens of the validation split every "
             f"{scale.eval_every} steps. Evaluation: WikiText-2 test (lm-eval's word perplexity) "
@@ -244,7 +306,8 @@ def write_results(outcomes: list[dict], scale: M.Scale, work: Path, shards: Path
     path = write_report(list(runs.values()), base, results, neighbours=min(100, scale.vocab - 1),
                         title=f"growlm reproduction of the seed papers ({scale.name} scale)",
                         preface=claim_blocks,
-                        extra=_setup_blocks(scale, shards, target, outcomes) + _environment(phases, env))
+                        extra=operator_table(rows) + _setup_blocks(scale, shards, target, outcomes)
+                        + _environment(phases, env))
     summary = {"scale": scale.name, "target_flops": target, "claims": [
         {"claim": k, "text": t, "held": ok, "detail": d} for k, t, ok, d in claims],
         "runs": {n: {k: getattr(r, k) for k in ("final_val_loss", "flops", "flops_to_target", "saving",

@@ -68,6 +68,8 @@ class Method:
     sweep_key: str = "optim.lr"
     small: dict | None = None  # reuse: the stage-1 model ({"n_layers", "block", "layer0"})
     stage1_grid: tuple[float, ...] = ()  # reuse: LR multipliers for the stage-1-only sweep
+    grow: str = ""  # operator study: the grow table, filled from the scale's fields
+    family: str = ""  # "operators": one of Gstack's eight growth operators ("gstack" is G_direct ↑)
 
 
 REUSE_S1_GRID = (1.0, 2.0)
@@ -81,10 +83,28 @@ METHODS = [
            {"n_layers": 0, "block": "full", "layer0": "none"}, REUSE_S1_GRID),
     Method("step-2stage", "step-2stage", (1.0, 2.0)),
     Method("step-3stage", "step-3stage", (1.0, 2.0)),
-    Method("gstack", "gstack", (1.0, 2.0)),
+    Method("gstack", "gstack", (1.0, 2.0), family="operators"),
     Method("relora", "relora", (1.0, 2.0)),
     Method("galore", "galore", (1.0, 3.0)),
 ]
+# Gstack's operator study (Du et al. 2024, Section 3): G_learn, G_zero and G_random in depth and
+# all four in width; `gstack` above is G_direct in depth. Stage lengths as gstack's; LiGO's maps
+# learn for B/36 steps (100 of the paper's ~45k-step stage is shorter still; at least 1 step), and
+# MSG's masks ramp over B/12 steps (the official 5000-step default is ~12% of that stage).
+OPERATORS = {  # method name → (operator, direction, grow table)
+    "ops-depth-learn": ("G_learn", "depth", '{{ op = "learn", factor = 4, learn_steps = {learn_steps} }}'),
+    "ops-depth-zero": ("G_zero", "depth", '{{ op = "identity", add = {quarter_rest} }}'),
+    "ops-depth-random": ("G_random", "depth",
+                         '{{ op = "random", add = {quarter_rest}, position = "end", mask_steps = {mask_steps} }}'),
+    "ops-width-direct": ("G_direct", "width", '{{ op = "clone", factor = 2 }}'),
+    "ops-width-learn": ("G_learn", "width", '{{ op = "width_learn", factor = 2, learn_steps = {learn_steps} }}'),
+    "ops-width-zero": ("G_zero", "width", '{{ op = "zero", factor = 2 }}'),
+    "ops-width-random": ("G_random", "width", '{{ op = "width_random", factor = 2, mask_steps = {mask_steps} }}'),
+}
+METHODS += [Method(name, f"ops-{direction}", (1.0, 2.0), grow=grow, family="operators")
+            for name, (_, direction, grow) in OPERATORS.items()]
+# every member of the study: method name → (operator, direction)
+OPERATOR_STUDY = {"gstack": ("G_direct", "depth"), **{k: v[:2] for k, v in OPERATORS.items()}}
 
 
 def lr_values(scale: Scale, grid: tuple[float, ...]) -> list[str]:
@@ -106,7 +126,9 @@ def _fields(scale: Scale, name: str, data: Path, n_layers: int | None = None,
         "steps": B, "lora_rank": max(1, scale.d_model // 16), "reset": max(2, B // 8),
         "rewarm": max(1, B // 40),
         "half": n // 2, "half_rest": n - n // 2, "third": n * 3 // 8, "third_rest": n - 2 * (n * 3 // 8),
-        "quarter": n // 4,
+        "quarter": n // 4, "quarter_rest": n - n // 4,
+        "half_d": scale.d_model // 2, "half_heads": scale.n_heads // 2, "half_ffn": scale.ffn // 2,
+        "learn_steps": max(1, B // 36), "mask_steps": max(1, B // 12),
         # stage lengths as fractions of B (the tiny seed recipes' proportions)
         "s1": max(1, B // 2), "s1_plan": max(1, B // 2), "s2": B, "s2_plan": B, "total_plan": B,
         "last": B,
@@ -120,7 +142,7 @@ def _stage_lengths(template: str, B: int) -> dict:
     if template == "step-3stage":
         s = max(1, B * 3 // 10)
         return {"s1": s, "s1_plan": max(s, B * 4 // 10), "s2": s, "s2_plan": max(s, B * 4 // 10)}
-    if template in ("gstack", "relora"):
+    if template in ("gstack", "relora", "ops-depth", "ops-width"):
         return {"s1": max(1, B // 4)}
     if template in ("reuse", "reuse-stage1"):
         return {"s1": max(1, B // 2)}
@@ -156,15 +178,20 @@ def method_recipe(method: Method, scale: Scale, data: Path, target_flops: int,
             shape.append(f"block = \"{method.small['block']}\"")
         fields.update(small_shape="\n".join(shape), layer0=method.small["layer0"],
                       lr_s1=lr_s1 or f"{scale.lr:.3g}")
+    if method.grow:
+        fields["grow"] = method.grow.format(**fields)
     if method.template in ("standard", "galore"):
         return render(method.template, fields), {"steps": fields["steps"]}
     total, stages = _total_flops(render(method.template, fields))
     last = stages[-1]
     per_step = last["flops_per_token"]["exact"] * scale.batch_tokens
     before = total - last["flops"]["exact"]
-    fields["last"] = max(1, round((target_flops - before) / per_step))
+    # a learning phase (G_learn) costs other FLOPs per step than the plain model: that
+    # difference does not depend on the stage's length
+    extra = last["flops"]["exact"] - last["steps"] * per_step
+    fields["last"] = max(1, round((target_flops - before - extra) / per_step))
     fields["total_plan"] = sum(s["steps"] for s in stages[:-1]) + fields["last"]
-    if method.template in ("gstack", "relora"):
+    if method.template in ("gstack", "relora", "ops-depth", "ops-width"):
         fields["s1"] = min(fields["s1"], fields["total_plan"])
     text = render(method.template, fields)
     total, stages = _total_flops(text)

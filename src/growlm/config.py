@@ -215,12 +215,21 @@ class GrowSpec(_Strict):
     add: int | None = Field(None, gt=0)  # depth ops that insert layers
     factor: int | None = Field(None, gt=1)  # stack / duplicate / width factor
     sources: list[int] | None = None  # partial stacking: explicit source layer per target
-    position: Literal["even", "top"] = "even"  # where interpolate/identity/random put new layers
+    # where interpolate/identity/random put new layers; "end": all above the old ones (MSG)
+    position: Literal["even", "top", "end"] = "even"
     d_model: int | None = Field(None, gt=0)  # width target
     ffn_dim: int | None = Field(None, gt=0)
     n_heads: int | None = Field(None, gt=0)
     n_kv_heads: int | None = Field(None, gt=0)
     layer0: Literal["none", "attn", "ffn", "attn_ffn"] = "none"  # reuse: copy stage-1 layer 0 parts
+    # learn / width_learn (Gstack's G_learn, LiGO): optimizer steps spent training the growth
+    # maps at the start of the stage (part of the stage's steps), and their learning rate
+    # (default: the stage's peak LR)
+    learn_steps: int = Field(100, gt=0)
+    learn_lr: float | None = Field(None, gt=0)
+    # random / width_random (Gstack's G_random with MSG's masks): steps over which the new
+    # structures' mask ramps linearly from 0 to 1 (part of the stage's steps); unset: no mask
+    mask_steps: int | None = Field(None, gt=0)
 
 
 class AdapterSpec(_Strict):

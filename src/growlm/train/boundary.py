@@ -57,6 +57,7 @@ class BuiltStage:
     relora: object | None = None
     opt_state: str = "reset"  # "reset", "mapped (N tensors)" or "restored"
     module: nn.Module | None = None  # what the train step calls (DDP / compiled wrapper)
+    growth: object | None = None  # a running growth phase (growlm.train.growth), else None
 
     @property
     def trainable(self) -> list[nn.Parameter]:
@@ -102,8 +103,9 @@ def new_model(cfg: ModelConfig, seed: int | None, device: torch.device | str = "
 
 
 def _initial_weights(cfg, stage, handoff: HandOff | None, model: Transformer, meta: bool):
-    """(weights, provenance) the stage starts from: fresh, the init source, or grown from the
-    previous stage (growlm.grow: a pure function of the old state and the fresh one)."""
+    """(weights, provenance, source) the stage starts from: fresh, the init source, or grown
+    from the previous stage (growlm.grow: a pure function of the old state and the fresh one).
+    `source` is (old shape, old state, growth maps or None) when the stage grows, else None."""
     spec, where = stage.spec, f"{cfg.source}: {stage.where}"
     fresh = model.state_dict()
     if handoff is None and spec.init is not None:
@@ -118,16 +120,26 @@ def _initial_weights(cfg, stage, handoff: HandOff | None, model: Transformer, me
 
                 src_cfg, src = load_init(spec.init, "init")
         if spec.grow is None:
-            return src, {n: prov.copied(n) for n in fresh}
+            return src, {n: prov.copied(n) for n in fresh}, None
         handoff = HandOff(src_cfg.with_(**_settings(stage.model, src_cfg)), src)
     if handoff is None:
-        return fresh, {n: prov.new() for n in fresh}
+        return fresh, {n: prov.new() for n in fresh}, None
     if spec.grow is None:
-        return handoff.state, {n: prov.copied(n) for n in fresh}
-    from growlm.grow import grow
+        return handoff.state, {n: prov.copied(n) for n in fresh}, None
+    from growlm.grow import check_growth, grow
+    from growlm.grow.checks import LEARN_OPS
 
+    maps = None
     with at(where):
-        return grow(handoff.state, handoff.model, stage.model, spec.grow, fresh=fresh)
+        if spec.grow.op in LEARN_OPS:
+            from growlm.grow.ligo import init_maps
+
+            check_growth(handoff.model, stage.model, spec.grow)
+            # the maps' random rows: the stage's seed, a stream of their own
+            gen = None if meta else torch.Generator().manual_seed(stage_seed(cfg.run.seed, stage.index) + 2**33)
+            maps = init_maps(handoff.model, stage.model, spec.grow, generator=gen, device=META if meta else "cpu")
+        state, provenance = grow(handoff.state, handoff.model, stage.model, spec.grow, fresh=fresh, maps=maps)
+    return state, provenance, (handoff.model, handoff.state, maps)
 
 
 def _settings(model: ModelConfig, src: ModelConfig) -> dict:
@@ -194,7 +206,7 @@ def enter_stage(cfg, stage, handoff: HandOff | None, previous=None, *, parallel=
     meta = torch.device(device).type == "meta"
     seed = stage_seed(cfg.run.seed, stage.index)
     model = new_model(stage.model, seed, META if meta else "cpu")
-    state, provenance = _initial_weights(cfg, stage, handoff, model, meta)
+    state, provenance, source = _initial_weights(cfg, stage, handoff, model, meta)
     if not meta:
         _load(model, state, f"{cfg.source}: {stage.where}")
     if stage.spec.optimizer_state == "map":
@@ -209,9 +221,24 @@ def enter_stage(cfg, stage, handoff: HandOff | None, previous=None, *, parallel=
     if stage.spec.optimizer_state == "map" and handoff is not None and handoff.moments:
         from growlm.optim.build import map_moments
 
-        n = map_moments(built.optimizer, built.model, handoff.moments, provenance)
+        slices = None
+        if spec_op(stage) in ("zero", "width_random") and source is not None:
+            from growlm.grow.width import inplace_positions
+
+            slices = inplace_positions(source[0], stage.model)  # MSG: the old slice keeps its moments
+        n = map_moments(built.optimizer, built.model, handoff.moments, provenance, slices)
         built.opt_state = f"mapped ({n} tensors)"
+    if source is not None:
+        from growlm.train.growth import make_phase
+
+        old, small, maps = source
+        with at(f"{cfg.source}: {stage.where}"):
+            built.growth = make_phase(cfg, stage, built, old, small, maps, device)
     return built
+
+
+def spec_op(stage) -> str | None:
+    return stage.spec.grow.op if stage.spec.grow is not None else None
 
 
 def rebuild_stage(cfg, stage, provenance: dict, weights: dict | None = None, *, parallel=None,
@@ -327,7 +354,7 @@ def stage_accounting(built: BuiltStage, cfg, *, device_type: str = "cpu", world_
     n_adapter = sum(adapters.values())
     fc = count_flops(built.stage.model, built.frozen, adapters, cfg.data.seq_len)
     est = stage_memory(built, cfg, device_type=device_type, world_size=world_size)
-    return {
+    acct = {
         "params": {"trainable": trainable, "frozen": frozen, "adapter": n_adapter,
                    "total": trainable + frozen + n_adapter},
         "flops_per_token": {"6nd": int(fc.six_nd), "exact": int(fc.exact_total),
@@ -336,3 +363,11 @@ def stage_accounting(built: BuiltStage, cfg, *, device_type: str = "cpu", world_
                    "activation_estimated_bytes": est.activations,
                    "peak_estimated_bytes": est.peak, "estimate_precision": est.precision},
     }
+    if getattr(built.growth, "kind", None) == "learn":
+        # the learning phase's own costs (growlm.train.growth); the stage's peak is the larger
+        from growlm.plan.precision import PRECISIONS
+
+        learn = built.growth.accounting(cfg, PRECISIONS[est.precision])
+        acct["growth_phase"] = learn
+        acct["memory"]["peak_estimated_bytes"] = max(est.peak, learn["memory"]["peak_estimated_bytes"])
+    return acct

@@ -225,7 +225,18 @@ def describe_stage(stage, acct: dict, opt_state: str) -> str:
             f"{human_count(p['adapter'])} | FLOPs/token exact {human_count(f['exact'])} (6·N·D formula "
             f"{human_count(f['6nd'])}) | est. peak memory {human_bytes(acct['memory']['peak_estimated_bytes'])} "
             f"(model state {human_bytes(acct['memory']['model_state_estimated_bytes'])}; "
-            f"{acct['memory'].get('estimate_precision', 'bf16-mixed')}) | optimizer state {opt_state}")
+            f"{acct['memory'].get('estimate_precision', 'bf16-mixed')}) | optimizer state {opt_state}"
+            f"{_growth_note(stage, acct)}")
+
+
+def _growth_note(stage, acct: dict) -> str:
+    learn, grow = acct.get("growth_phase"), stage.spec.grow
+    if learn:
+        return (f" | first {learn['steps']} steps train {human_count(learn['map_params'])} growth-map "
+                f"parameters at lr {learn['lr']:g}")
+    if grow is not None and grow.mask_steps:
+        return f" | growth masks ramp 0 → 1 over {grow.mask_steps} steps"
+    return ""
 
 
 class Progress(Hook):

@@ -82,6 +82,26 @@ def _entry(built, cfg, prec, tokens: int) -> dict:
     }
 
 
+def _add_learning_phase(e: dict, learn: dict, tokens_per_step: int) -> None:
+    """A learn op's first steps train the growth maps (growlm.train.growth): their tokens are
+    charged at the learning phase's per-token FLOPs plus the maps' per-step FLOPs, the rest of
+    the stage's tokens at the plain model's; the stage's peak is the larger of the two phases'."""
+    tokens = learn["steps"] * tokens_per_step
+    flops = {k: learn["flops_per_token"][k] * tokens for k in FLOP_KINDS}
+    flops["exact"] += learn["map_flops_per_step"] * learn["steps"]
+    rest = e["tokens"] - tokens
+    e["flops"] = {k: e["flops_per_token"][k] * rest + flops[k] for k in FLOP_KINDS}
+    mem, lm = e["memory"], learn["memory"]
+    state = lm["model_state_estimated_bytes"]
+    e["growth_phase"] = {**learn, "tokens": tokens, "flops": flops,
+                         "memory": {**lm, "total_bytes": state + lm["activation_bytes"],
+                                    "total_bytes_checkpointed": state + lm["activation_bytes_checkpointed"]}}
+    mem["total_bytes"] = max(mem["total_bytes"], state + lm["activation_bytes"])
+    mem["total_bytes_checkpointed"] = max(mem["total_bytes_checkpointed"],
+                                          state + lm["activation_bytes_checkpointed"])
+    mem["peak_estimated_bytes"] = max(mem["peak_estimated_bytes"], lm["peak_estimated_bytes"])
+
+
 def _baseline_stage(cfg, stage):
     """The final shape as one standard stage (everything trainable, AdamW), built on meta."""
     from dataclasses import replace
@@ -105,6 +125,8 @@ def plan_recipe(cfg, run_dir: Path | None = None, memory_precision: str = "bf16-
     entries, cum = [], {"6nd": 0, "exact": 0}
     for stage, b in zip(stages, built):
         e = _entry(b, cfg, prec, stage.tokens)
+        if getattr(b.growth, "kind", None) == "learn":
+            _add_learning_phase(e, b.growth.accounting(cfg, prec), cfg.train.global_batch_tokens)
         for k in cum:
             cum[k] += e["flops"][k]
         spec = stage.spec
@@ -267,6 +289,11 @@ def format_plan(plan: dict) -> str:
 
     for e in plan["stages"]:
         lines.append(row(e["name"], e, f"{e['cumulative_flops']['exact']:.3g}"))
+        g = e.get("growth_phase")
+        if g:
+            lines.append(f"{'  learn maps':<14}{g['steps']:>7} steps of the stage train "
+                         f"{human_count(g['map_params'])} map parameters: {g['flops']['exact']:.3g} FLOPs "
+                         f"exact, peak {human_bytes(g['memory']['total_bytes'])} (included above)")
         if e.get("measured"):
             lines += _measured_lines(e["measured"])
     t, b, c = plan["total"], plan["baseline"], plan["comparison"]

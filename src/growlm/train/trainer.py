@@ -22,7 +22,7 @@ import torch
 
 from growlm.errors import GrowlmError
 from growlm.stages import resolve_stages
-from growlm.train import boundary
+from growlm.train import boundary, growth
 from growlm.train.hooks import (
     CompileWatch,
     FaultInjection,
@@ -95,6 +95,7 @@ class Trainer:
         self.cfg = cfg
         self.stages = resolve_stages(cfg, cfg.source)
         self.checked = boundary.check_recipe(cfg, self.stages)  # every stage, on meta, first
+        growth.check_runtime(self.stages, dist, cfg.run)
         if cfg.eval.tasks and not any(getattr(h, "scores_benchmarks", False) for h in hooks):
             raise GrowlmError("eval.tasks: this trainer was built without the benchmark hook; "
                               "run the recipe with growlm train (or pass growlm.eval.scheduled hooks)")
@@ -325,6 +326,7 @@ class Trainer:
             self.manager.restore_stage(built, resume)
             self.loader.load_state_dict(resume.state["loader"])
             start = resume.meta["stage_step"]
+            built.growth = growth.resume_phase(self.cfg, stage, built, resume.state, start, str(resume.path))
         else:
             built = boundary.enter_stage(self.cfg, stage, handoff, previous, parallel=self.parallel,
                                          device=self.device)
@@ -374,8 +376,15 @@ class Trainer:
         self.faults.begin_step(c.global_step + 1)
         batches = [tuple(t.to(self.device, non_blocking=True) for t in
                          self.loader.next_batch(self.cfg.train.micro_batch_size)) for _ in range(self.accum)]
-        result = train_step(built, batches, lr=lr, grad_clip=self.cfg.optim.grad_clip, dist=self.dist,
-                            autocast=self.autocast, hooks=[self.faults, self.state_bytes])
+        phase_fields = growth.step_fields(built, stage_step)
+        acct = self.accounting.get("growth_phase") if "phase" in phase_fields else None
+        if acct is not None:  # the learning phase trains the growth maps (growlm.train.growth)
+            lr = acct["lr"] * c.lr_scale_for(stage.index)
+            result = built.growth.train_step(built, batches, lr=lr, grad_clip=self.cfg.optim.grad_clip,
+                                             autocast=self.autocast, hooks=[self.faults])
+        else:
+            result = train_step(built, batches, lr=lr, grad_clip=self.cfg.optim.grad_clip, dist=self.dist,
+                                autocast=self.autocast, hooks=[self.faults, self.state_bytes])
         if not result.finite:
             self._nonfinite(result, stage)
         else:
@@ -384,10 +393,10 @@ class Trainer:
             built.relora.step(stage_step + 1)
         dt = time.perf_counter() - t0
         tokens = self.cfg.train.global_batch_tokens
-        fpt = self.accounting["flops_per_token"]
+        fpt = (acct or self.accounting)["flops_per_token"]
         c.global_step += 1
         c.tokens += tokens
-        c.flops += fpt["exact"] * tokens
+        c.flops += fpt["exact"] * tokens + (acct["map_flops_per_step"] if acct else 0)
         c.flops_6nd += fpt["6nd"] * tokens
         c.elapsed += dt
         tps = tokens / dt
@@ -397,11 +406,13 @@ class Trainer:
                   "loss": result.loss, "target_tokens": result.target_tokens, "lr": lr,
                   "grad_norm": result.grad_norm, "tokens_per_s": tps,
                   "mfu": (fpt["exact"] * tps / peak / self.world) if peak else None,
-                  "time": c.elapsed, "skipped_steps": c.skipped_steps, "rollbacks": c.rollbacks}
+                  "time": c.elapsed, "skipped_steps": c.skipped_steps, "rollbacks": c.rollbacks,
+                  **phase_fields}
         for hook in self.hooks:
             hook.step_record(self, built, record)
         if self.metrics is not None:
             self.metrics.log(record)
+        growth.after_step(self, built, stage_step)
         return record
 
     def _nonfinite(self, result, stage) -> None:
@@ -452,6 +463,8 @@ class Trainer:
         states = {"loader": self.loader, "rng": self.rng, "counters": self.counters}
         if built.relora is not None:
             states["relora"] = built.relora
+        if built.growth is not None:
+            states["growth"] = built.growth
         self.manager.save(step=self.counters.global_step, stage=built.stage, stage_step=stage_step,
                           counters=self.counters, states=states, built=built)
 
