@@ -14,11 +14,12 @@ import torch
 
 from growlm.cli import main as cli_main
 from growlm.config import load_recipe
+from growlm.recipe_library import library_root
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("growlm.train.trainer")
 
-HF = Path(__file__).resolve().parents[2] / "recipes" / "hf"
+HF = library_root() / "hf"
 # config.json of the public models the paper-scale recipes start from (values from their hub
 # pages; only what growlm reads)
 PUBLIC = {
