@@ -171,7 +171,7 @@ def evaluate(run_dir: Path, data_dir: Path, scale: M.Scale, log: Log) -> None:
     t = time.time()
     rc = growlm(["eval", str(run_dir), "--tasks", TASKS, "--data-dir", str(data_dir),
                  "--limit", str(scale.eval_limit), "--json", str(run_dir / "eval.json"),
-                 "--no-progress", "--batch-size", "32"])
+                 "--quiet", "--batch-size", "32"])
     log.phase("evaluate", time.time() - t)
     if rc != 0:
         log(f"evaluation of {run_dir} failed (exit {rc})")
