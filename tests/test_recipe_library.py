@@ -149,7 +149,7 @@ def test_recipes_copy_one_and_a_folder(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("setuptools") is None,
-                    reason="building the wheel needs setuptools in this environment")
+                    reason="building the wheel needs setuptools (growlm[dev] installs it)")
 def test_the_wheel_carries_the_library_and_names_work_from_it(tmp_path):
     """Build the wheel from a copy of the project (the checkout stays clean), unpack it, and
     use a recipe by name from an empty folder with only the unpacked wheel on the path."""
