@@ -68,7 +68,9 @@ def hf_config_folder(root: Path, name: str) -> Path:
     if name in PUBLIC:
         config = PUBLIC[name]
     else:
-        source = REPO / "recipes" / "hf" / "tiny" / f"{name.removeprefix('tiny-')}-source.toml"
+        from growlm.recipe_library import library_root
+
+        source = library_root() / "hf" / "tiny" / f"{name.removeprefix('tiny-')}-source.toml"
         config = to_hf_config(load_recipe(source).model)
     (folder / "config.json").write_text(json.dumps(config))
     return folder

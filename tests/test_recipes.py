@@ -18,10 +18,11 @@ import torch
 from growlm.config import load_recipe
 from growlm.errors import GrowlmError
 from growlm.model.llama import Transformer
+from growlm.recipe_library import library_root
 from growlm.stages import SHAPE_KEYS, resolve_stages
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-# recipes/hf/ start from public checkpoints (an init folder): tests/model/test_hf_recipes.py
+RECIPES = library_root()  # the installed library; recipes/ in a clone links to it
+# hf/ start from public checkpoints (an init folder): tests/model/test_hf_recipes.py
 ALL = sorted(p for p in RECIPES.rglob("*.toml") if "hf" not in p.relative_to(RECIPES).parts)
 TINY = [p for p in ALL if p.parent.name == "tiny"]
 PAPER = [p for p in ALL if p.parent.name != "tiny"]

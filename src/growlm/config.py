@@ -25,6 +25,7 @@ from pydantic_core import PydanticCustomError
 from growlm.errors import GrowlmError
 from growlm.grow.checks import GROW_OPS
 from growlm.model.config import ModelConfig
+from growlm.recipe_library import resolve_recipe
 from growlm.units import parse_bytes, parse_count
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take it; stage seeds derive from it
@@ -466,5 +467,8 @@ def _inherit_init_settings(cfg: RunConfig, source: str) -> None:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    data = apply_overrides(load_toml(path), overrides or [])
+    """A recipe file, or a recipe of growlm's library by name ("tiny/step-2stage"; see
+    `growlm.recipe_library.resolve_recipe`), with `--set` overrides applied and validated.
+    Messages name the recipe as it was given."""
+    data = apply_overrides(load_toml(resolve_recipe(path)), overrides or [])
     return config_from_dict(data, str(path))

@@ -198,7 +198,8 @@ def format_sweep(summary: dict) -> str:
 # ---------------------------------------------------------------- CLI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="TOML recipe")
+    parser.add_argument("recipe", help="TOML recipe file, or a library name such as "
+                        "tiny/step-2stage (growlm recipes list)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=V1,V2,...",
                         help="a grid axis (several values) or a fixed override (one value), "
                              "e.g. --set stage.2.lr=1e-3,3e-3,1e-2")

@@ -14,11 +14,12 @@ import torch
 
 from growlm.cli import main as cli_main
 from growlm.config import load_recipe
+from growlm.recipe_library import library_root
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("growlm.train.trainer")
 
-HF = Path(__file__).resolve().parents[2] / "recipes" / "hf"
+HF = library_root() / "hf"
 # recipe: (public model, final depth, total parameters, trainable parameters in the stage)
 PAPER = {
     "solar-10.7b.toml": ("Mistral-7B-v0.3", 48, 10.7e9, "all"),

@@ -154,3 +154,40 @@ def test_gstack(capsys):
     assert code == 2 and "parameter count" in err
     code, _, err = run(capsys, "plan", "gstack", "--params", "1B", "--tokens", "1B", "--flops", "x")
     assert code == 2 and "--flops" in err
+
+
+@pytest.mark.parametrize("form", [
+    ["step", "--layers", "24", "--stages", "3", "--d-model", "2048", "--adapter-rank", "128"],
+    ["gstack", "--params", "7e9", "--tokens", "2e12"],
+    ["RECIPE"],
+])
+def test_json_file_holds_what_json_alone_prints(tmp_path, capsys, form):
+    """--json [FILE], as in every command: alone, the JSON on stdout and nothing else; with
+    FILE, the same JSON in FILE and the usual text on stdout."""
+    if form == ["RECIPE"]:
+        path = tmp_path / "r.toml"
+        path.write_text(TINY.format(layers=4))
+        form = [str(path), "--out", str(tmp_path / "o"), "--no-chart"]
+    code, printed, _ = run(capsys, "plan", *form, "--json")
+    assert code == 0
+    alone = json.loads(printed)
+    target = tmp_path / "sub" / "plan-copy.json"
+    target.parent.mkdir()
+    code, text, _ = run(capsys, "plan", *form, "--json", str(target))
+    assert code == 0 and json.loads(target.read_text()) == alone
+    assert text.strip() and not text.lstrip().startswith("{")
+    assert not [p for p in target.parent.iterdir() if p != target]  # no temporary left
+
+
+@pytest.mark.parametrize("bad, message", [("FOLDER", "is a folder"), ("FILE/x.json", "is a file")])
+def test_json_file_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, bad,
+                                                                      message):
+    (tmp_path / "FOLDER").mkdir()
+    (tmp_path / "FILE").write_text("x")
+    path = tmp_path / "r.toml"
+    path.write_text(TINY.format(layers=4))
+    for form in (["gstack", "--params", "7e9", "--tokens", "2e12"],
+                 [str(path), "--out", str(tmp_path / "o")]):
+        code, out, err = run(capsys, "plan", *form, "--json", str(tmp_path / bad))
+        assert code == 2 and message in err and "--json" in err and out == ""
+    assert not (tmp_path / "o").exists()  # the recipe's plan was not even written

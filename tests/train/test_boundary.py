@@ -3,13 +3,13 @@ every stage of every shipped recipe built before anything trains, and optimizer 
 across a boundary where the recipe asks for it."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from growlm.config import load_recipe
 from growlm.plan.memory import param_counts
+from growlm.recipe_library import library_root
 from growlm.stages import resolve_stages
 from growlm.train.boundary import (
     META,
@@ -21,7 +21,7 @@ from growlm.train.boundary import (
 )
 from growlm.train.plan import plan_recipe
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES = library_root()
 ALL = sorted(RECIPES.rglob("*.toml"))
 
 

@@ -15,6 +15,7 @@ import sys
 SUBCOMMANDS = {
     "demo": ("growlm.demo", "prepare the built-in corpus and train a tiny baseline and staged run"),
     "data": ("growlm.cli.data", "prepare token shards from text files or HF datasets"),
+    "recipes": ("growlm.cli.recipes", "list, show or copy the recipes installed with growlm"),
     "train": ("growlm.cli.train", "train a recipe (all stages; --resume continues)"),
     "plan": ("growlm.cli.plan", "FLOP and memory plan of a recipe; STEP and Gstack planners"),
     "eval": ("growlm.cli.eval", "perplexity, zero-shot tasks, word similarity, neighbour overlap"),

@@ -1,11 +1,13 @@
 """`growlm plan`: a recipe's FLOP/memory plan, STEP's layer split, Gstack's growth timing.
 
-    growlm plan RECIPE.toml [--set k=v ...] [--precision P] [--json] [--out DIR]
+    growlm plan RECIPE [--set k=v ...] [--precision P] [--json [FILE]] [--out DIR]
     growlm plan step --layers L --stages K --d-model D [--ffn-dim F] [--n-heads H] [--vocab V]
-                     [--adapter-rank R] [--budget 10GiB] [--paper-formula] [--json]
+                     [--adapter-rank R] [--budget 10GiB] [--paper-formula] [--json [FILE]]
                      [--memory peak --micro-batch B --seq-len T [--checkpointing]]
                      [--write-recipe out.toml]
-    growlm plan gstack --params N --tokens D [--flops C] [--json]
+    growlm plan gstack --params N --tokens D [--flops C] [--json [FILE]]
+
+RECIPE is a TOML file or a recipe of growlm's library by name (growlm recipes list).
 
 Exit codes: 0 ok, 2 bad input, 1 when a STEP budget cannot be met (the best split is still
 printed).
@@ -21,16 +23,21 @@ import sys
 import warnings
 from pathlib import Path
 
+from growlm.cli.json_out import STDOUT, add_json_option, check_json_target, emit_json
 from growlm.errors import GrowlmError
+from growlm.files import atomic_write_text
 from growlm.units import human_bytes, human_count, parse_bytes, parse_count
 
 RELORA_RESET_EVERY = 5000  # steps, as in STEP's recipes (ReLoRA's reset interval)
 PRECISION_CHOICES = ("bf16-mixed", "fp32", "bf16-autocast")  # growlm.plan.precision.PRECISIONS
 
 EPILOG = """forms:
-  growlm plan RECIPE.toml [--set k=v ...] [--precision P] [--json] [--out DIR]
-  growlm plan step --layers L --stages K --d-model D [options]   (growlm plan step --help)
-  growlm plan gstack --params N --tokens D [--flops C] [--json]  (growlm plan gstack --help)"""
+  growlm plan RECIPE [--set k=v ...] [--precision P] [--json [FILE]] [--out DIR]
+  growlm plan step --layers L --stages K --d-model D [options]          (growlm plan step --help)
+  growlm plan gstack --params N --tokens D [--flops C] [--json [FILE]]  (growlm plan gstack --help)
+
+RECIPE: a TOML file, or a library recipe by name such as step/1.2b-3stage (growlm recipes list).
+--json alone prints the JSON on stdout instead of the text; --json FILE writes it to FILE."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("target", metavar="RECIPE|step|gstack",
-                        help="a recipe to plan, or the STEP / Gstack planner")
+                        help="a recipe to plan (file or library name), or the STEP / Gstack planner")
     parser.add_argument("rest", nargs=argparse.REMAINDER, metavar="OPTIONS",
                         help="options of that form")
 
@@ -52,21 +59,19 @@ def run(args: argparse.Namespace) -> int:
     make, handler = forms.get(args.target, (_recipe_parser, _run_recipe))
     parser = make()
     argv = args.rest if args.target in forms else [args.target, *args.rest]
-    return handler(parser.parse_args(argv))
-
-
-def _print_json(obj: dict) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=False, default=str))
+    parsed = parser.parse_args(argv)
+    check_json_target(parsed.json)
+    return handler(parsed)
 
 
 # ---------------------------------------------------------------- recipe
 
 def _recipe_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="growlm plan", description="FLOP and memory plan of a recipe")
-    p.add_argument("recipe", help="recipe TOML")
+    p.add_argument("recipe", help="recipe TOML file, or a library name such as step/1.2b-3stage")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.micro_batch_size=8")
-    p.add_argument("--json", action="store_true", help="print plan.json instead of the table")
+    add_json_option(p, "plan.json")
     p.add_argument("--out", type=Path, default=None,
                    help="where plan.json and plan.png go (default: the run's out_dir)")
     p.add_argument("--no-chart", action="store_true", help="skip plan.png")
@@ -89,23 +94,17 @@ def _run_recipe(a: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise GrowlmError(f"--out {out}: cannot create the folder ({e.strerror})") from None
-    _write_text(out / "plan.json", json.dumps(plan, indent=2) + "\n")
+    atomic_write_text(out / "plan.json", json.dumps(plan, indent=2) + "\n")
     if not a.no_chart:
         from growlm.report.plan_chart import plot_plan
 
         plot_plan(plan, out / "plan.png")
-    if a.json:
-        _print_json(plan)
-    else:
+    emit_json(a.json, plan)
+    if a.json != STDOUT:
         print(format_plan(plan))
-        print(f"wrote {out / 'plan.json'}" + ("" if a.no_chart else f" and {out / 'plan.png'}"))
+        print(f"wrote {out / 'plan.json'}" + ("" if a.no_chart else f" and {out / 'plan.png'}")
+              + (f"; --json {a.json}" if a.json else ""))
     return 0
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- step
@@ -141,7 +140,7 @@ def _step_parser() -> argparse.ArgumentParser:
                         "growlm on CPU; bf16-autocast as growlm on CUDA)")
     p.add_argument("--paper-formula", action="store_true",
                    help="STEP's P_i exactly (no embedding / head terms)")
-    p.add_argument("--json", action="store_true")
+    add_json_option(p, "the split and its per-stage model state")
     p.add_argument("--write-recipe", type=Path, default=None, metavar="OUT.toml",
                    help="write a runnable STEP recipe with this split")
     p.add_argument("--tokens", default="1B",
@@ -213,9 +212,8 @@ def _run_step(a: argparse.Namespace) -> int:
               "params_per_layer": problem.params_per_layer,
               "adapter_params_per_layer": problem.adapter_params_per_layer,
               "embed_head_params": problem.embed_head_params, "paper_formula": a.paper_formula}
-    if a.json:
-        _print_json(result)
-    else:
+    emit_json(a.json, result)
+    if a.json != STDOUT:
         print(f"STEP split of {cfg.n_layers} layers (d_model {cfg.d_model}, ffn {cfg.hidden_dim}, "
               f"adapter rank {a.adapter_rank}): layers per stage {sol.layers_per_stage}")
         for i, (n, b) in enumerate(zip(sol.layers_per_stage, sol.per_stage_bytes), 1):
@@ -228,7 +226,7 @@ def _run_step(a: argparse.Namespace) -> int:
         return 1
     if a.write_recipe is not None:
         _write_step_recipe(a, cfg, sol.layers_per_stage)
-        if not a.json:
+        if a.json != STDOUT:
             print(f"wrote {a.write_recipe}")
     return 0
 
@@ -333,7 +331,7 @@ def _gstack_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", required=True, help="target model parameters N, e.g. 7B")
     p.add_argument("--tokens", required=True, help="total training tokens D, e.g. 300B")
     p.add_argument("--flops", default=None, help="compute budget C in FLOPs (default 6·N·D)")
-    p.add_argument("--json", action="store_true")
+    add_json_option(p, "the growth factor and timing")
     return p
 
 
@@ -348,9 +346,8 @@ def _run_gstack(a: argparse.Namespace) -> int:
         result = gstack_timing(n, d, c)
     if result["warning"]:
         print(f"growlm plan gstack: warning: {result['warning']}", file=sys.stderr)
-    if a.json:
-        _print_json(result)
-    else:
+    emit_json(a.json, result)
+    if a.json != STDOUT:
         print(f"Gstack for {human_count(n)} parameters on {human_count(d)} tokens "
               f"({result['flops']:.3g} FLOPs): growth factor g = {result['growth_factor']}, "
               f"grow after {human_count(result['growth_tokens'])} tokens ({result['rule']})")

@@ -1,5 +1,7 @@
 """`growlm sft RUN_OR_CKPT --data FILE_OR_HF_NAME [--recipe sft.toml] [--out DIR] [--set k=v]`.
 
+(`--data builtin:tiny-instructions` is growlm's own small offline set, see growlm.sft.builtin.)
+
 (plus `--resume` and `--quiet`, as for `growlm train`.)
 
 Supervised fine-tuning is a one-stage run of the ordinary Trainer: the stage starts from the
@@ -68,7 +70,8 @@ def add_arguments(parser) -> None:
         "--data",
         required=True,
         metavar="FILE_OR_HF_NAME",
-        help="Alpaca or chat records: .json array, .jsonl, or a HF hub dataset name",
+        help="Alpaca or chat records: .json array, .jsonl, a HF hub dataset name, or "
+        "builtin:tiny-instructions (growlm's own small offline set, to try the command)",
     )
     parser.add_argument(
         "--recipe", help="TOML with [sft], [optim], [schedule], [train], [run] overrides"

@@ -1,4 +1,5 @@
-"""`growlm train RECIPE.toml [--set key=value ...] [--resume] [--dry-run]`."""
+"""`growlm train RECIPE [--set key=value ...] [--resume] [--dry-run]`; RECIPE is a TOML file or a
+recipe of growlm's library by name (growlm.recipe_library)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ _PEER_LOST = re.compile(r"Connection (reset|closed|refused)|Broken pipe|Timed ou
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("recipe", help="TOML recipe")
+    parser.add_argument("recipe", help="TOML recipe file, or a library name such as "
+                        "tiny/step-2stage (growlm recipes list)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value, e.g. --set optim.lr=1e-3 --set stage.2.tokens=20M; "
                              "KEY=null removes a key")
