@@ -7,7 +7,6 @@ installation), trains a tiny standard baseline and a tiny staged run (Gstack-sty
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 COMMON = """\
@@ -84,11 +83,12 @@ def run(args) -> int:
     from growlm.data import prepare
     from growlm.errors import GrowlmError
     from growlm.eval.scheduled import benchmark_hooks
+    from growlm.files import atomic_write_json, check_output_dir
     from growlm.train.trainer import Trainer
 
     if args.steps < 5:
         raise GrowlmError(f"--steps must be at least 5, got {args.steps}")
-    out = Path(args.out)
+    out = check_output_dir(args.out, "--out")
     data = out / "data"
     print(f"[1/3] preparing the built-in corpus → {data}")
     shards = prepare(data, [f"builtin:python:{args.corpus_size}"], train_vocab=2048, val_fraction=0.05)
@@ -107,5 +107,5 @@ def run(args) -> int:
     print(f"\nreport (markdown, HTML and plots): {report}")
     print(f"runs, metrics.jsonl and checkpoints: {out / 'runs'}; export one with: "
           f"growlm export {out / 'runs' / 'staged'} hf-model/")
-    (out / "summary.json").write_text(json.dumps(summaries, indent=1))
+    atomic_write_json(out / "summary.json", summaries)
     return 0

@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 from growlm.errors import GrowlmError
+from growlm.files import check_path
 from growlm.units import human_bytes, human_count, parse_bytes, parse_count
 
 RELORA_RESET_EVERY = 5000  # steps, as in STEP's recipes (ReLoRA's reset interval)
@@ -32,6 +33,9 @@ EPILOG = """forms:
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):  # no abbreviations, like the top-level parser
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
     def error(self, message: str):  # one line and exit 2, like the top-level parser
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
@@ -65,7 +69,7 @@ def _recipe_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.micro_batch_size=8")
     p.add_argument("--json", action="store_true", help="print plan.json instead of the table")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", default=None,
                    help="where plan.json and plan.png go (default: the run's out_dir)")
     p.add_argument("--no-chart", action="store_true", help="skip plan.png")
     return p
@@ -77,7 +81,7 @@ def _run_recipe(a: argparse.Namespace) -> int:
 
     cfg = load_recipe(a.recipe, a.overrides)
     plan = plan_recipe(cfg)
-    out = a.out if a.out is not None else cfg.out_dir
+    out = check_path(a.out, "--out") if a.out is not None else cfg.out_dir
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -124,7 +128,7 @@ def _step_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper-formula", action="store_true",
                    help="STEP's P_i exactly (no embedding / head terms)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--write-recipe", type=Path, default=None, metavar="OUT.toml",
+    p.add_argument("--write-recipe", default=None, metavar="OUT.toml",
                    help="write a runnable STEP recipe with this split")
     p.add_argument("--tokens", default="1B",
                    help="recipe: tokens per stage, one value or K comma-separated (default 1B)")
@@ -270,7 +274,7 @@ def _write_step_recipe(a: argparse.Namespace, cfg, split: list[int]) -> None:
 
     text = step_recipe_toml(cfg, split, _stage_tokens(a.tokens, len(split)), a.adapter_rank,
                             a.seq_len, a.data, a.embed_head)
-    path: Path = a.write_recipe
+    path = check_path(a.write_recipe, "--write-recipe")
     if path.parent and not path.parent.is_dir():
         raise GrowlmError(f"--write-recipe {path}: folder {path.parent} does not exist")
     tmp = path.with_name(path.name + ".tmp")
