@@ -19,12 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from growlm.errors import GrowlmError
 from growlm.grow.checks import GROW_OPS
-from growlm.model.config import ModelConfig
+from growlm.model.config import ModelConfig, Settings
 from growlm.recipe_library import resolve_recipe
 from growlm.units import parse_bytes, parse_count
 
@@ -36,7 +36,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class _Strict(BaseModel):
+class _Strict(Settings):
     # inf and nan are never a setting: refuse them in every float of every section
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 

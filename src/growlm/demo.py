@@ -84,12 +84,12 @@ def run(args) -> int:
     from growlm.data import prepare
     from growlm.errors import GrowlmError
     from growlm.eval.scheduled import benchmark_hooks
-    from growlm.files import atomic_write_json
+    from growlm.files import atomic_write_json, check_output_dir
     from growlm.train.trainer import Trainer
 
     if args.steps < 5:
         raise GrowlmError(f"--steps must be at least 5, got {args.steps}")
-    out = Path(args.out)
+    out = check_output_dir(args.out, "--out")
     data = out / "data"
     print(f"[1/3] preparing the built-in corpus → {data}")
     shards = prepare(data, [f"builtin:python:{args.corpus_size}"], train_vocab=2048, val_fraction=0.05,

@@ -21,11 +21,10 @@ import math
 import os
 import sys
 import warnings
-from pathlib import Path
 
 from growlm.cli.json_out import STDOUT, add_json_option, check_json_target, emit_json
 from growlm.errors import GrowlmError
-from growlm.files import atomic_write_text
+from growlm.files import atomic_write_text, check_path
 from growlm.units import human_bytes, human_count, parse_bytes, parse_count
 
 RELORA_RESET_EVERY = 5000  # steps, as in STEP's recipes (ReLoRA's reset interval)
@@ -41,6 +40,9 @@ RECIPE: a TOML file, or a library recipe by name such as step/1.2b-3stage (growl
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):  # no abbreviations, like the top-level parser
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
     def error(self, message: str):  # one line and exit 2, like the top-level parser
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
@@ -72,7 +74,7 @@ def _recipe_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.micro_batch_size=8")
     add_json_option(p, "plan.json")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", default=None,
                    help="where plan.json and plan.png go (default: the run's out_dir)")
     p.add_argument("--no-chart", action="store_true", help="skip plan.png")
     p.add_argument("--precision", choices=[*PRECISION_CHOICES, "run"], default="bf16-mixed",
@@ -89,7 +91,7 @@ def _run_recipe(a: argparse.Namespace) -> int:
 
     cfg = load_recipe(a.recipe, a.overrides)
     plan = plan_recipe(cfg, memory_precision=a.precision)
-    out = a.out if a.out is not None else cfg.out_dir
+    out = check_path(a.out, "--out") if a.out is not None else cfg.out_dir
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -141,7 +143,7 @@ def _step_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper-formula", action="store_true",
                    help="STEP's P_i exactly (no embedding / head terms)")
     add_json_option(p, "the split and its per-stage model state")
-    p.add_argument("--write-recipe", type=Path, default=None, metavar="OUT.toml",
+    p.add_argument("--write-recipe", default=None, metavar="OUT.toml",
                    help="write a runnable STEP recipe with this split")
     p.add_argument("--tokens", default="1B",
                    help="recipe: tokens per stage, one value or K comma-separated (default 1B)")
@@ -310,7 +312,7 @@ def _write_step_recipe(a: argparse.Namespace, cfg, split: list[int]) -> None:
 
     text = step_recipe_toml(cfg, split, _stage_tokens(a.tokens, len(split)), a.adapter_rank,
                             a.seq_len, a.data, a.embed_head)
-    path: Path = a.write_recipe
+    path = check_path(a.write_recipe, "--write-recipe")
     if path.parent and not path.parent.is_dir():
         raise GrowlmError(f"--write-recipe {path}: folder {path.parent} does not exist")
     tmp = path.with_name(path.name + ".tmp")

@@ -34,7 +34,7 @@ def run(args) -> int:
     from growlm.train.trainer import Trainer
 
     overrides = list(args.overrides)
-    if args.out:
+    if args.out is not None:  # given empty, it is refused (run.out_dir), not ignored
         overrides.append(f"run.out_dir={json.dumps(args.out)}")
     cfg = load_recipe(args.recipe, overrides)
     hooks = benchmark_hooks(cfg)
@@ -42,7 +42,7 @@ def run(args) -> int:
         return dry_run(cfg, hooks, args.resume)
     dist = maybe_init_distributed(cfg)
     hint = shlex.join(["growlm", "train", args.recipe, *[x for o in args.overrides for x in ("--set", o)],
-                       *(["--out", args.out] if args.out else []), "--resume"])
+                       *(["--out", args.out] if args.out is not None else []), "--resume"])
     try:
         trainer = Trainer(cfg, resume=args.resume, dist=dist, quiet=args.quiet, hooks=hooks)
         return run_to_end(trainer, dist, resume_hint=hint)
@@ -51,16 +51,15 @@ def run(args) -> int:
             dist.close()
 
 
-def dry_run(cfg, hooks, resume: bool) -> int:
-    """Everything `growlm train` checks before its first step, and nothing written."""
+def dry_run(cfg, hooks, resume: bool = False) -> int:
+    """Everything `growlm train` checks before its first step (the run folder and, with
+    --resume, the checkpoint it would continue from, included), and nothing written."""
     from growlm.stages import recipe_notes
-    from growlm.train.manager import CheckpointManager
-    from growlm.train.trainer import Trainer, stages_fingerprint
+    from growlm.train.trainer import Trainer
 
     trainer = Trainer(cfg, resume=resume, quiet=True, hooks=hooks)
     trainer._open_data()
-    manager = CheckpointManager(trainer.ckpt_root, cfg.run.keep_last, stages_fingerprint(cfg))
-    trainer._check_run_dir(manager)  # read-only: an existing run must match the recipe
+    trainer._check_run_dir(trainer._manager())  # read-only: an existing run must match the recipe
     for note in [*recipe_notes(cfg, trainer.stages), *trainer._data_notes()]:
         print(f"note: {note}")
     steps = sum(s.steps for s in trainer.stages)

@@ -160,10 +160,10 @@ def summarize(runs: Sequence[Run], baseline: Run, interp: str = "log",
 
 def load_runs(paths: Sequence[str | Path | Run], baseline: str | Path | Run) -> tuple[list[Run], Run]:
     """Load run dirs (Run objects pass through); the baseline is included once, first."""
-    base = baseline if isinstance(baseline, Run) else load_run(baseline)
+    base = _with_steps(baseline if isinstance(baseline, Run) else load_run(baseline))
     runs = [base]
     for p in paths:
-        run = p if isinstance(p, Run) else load_run(p)
+        run = _with_steps(p if isinstance(p, Run) else load_run(p))
         if run is base or run.path.resolve() == base.path.resolve():
             continue
         if any(run.path.resolve() == r.path.resolve() for r in runs):
@@ -171,6 +171,15 @@ def load_runs(paths: Sequence[str | Path | Run], baseline: str | Path | Run) -> 
         runs.append(run)
     unique_names(runs)
     return runs, base
+
+
+def _with_steps(run: Run) -> Run:
+    """A run to compare must have logged training steps; an empty or unreadable metrics.jsonl
+    would otherwise give a report with nothing measured in it."""
+    if not run.steps:
+        why = f" ({run.problems[0]})" if run.problems else ""
+        raise GrowlmError(f"{run.path}: metrics.jsonl holds no training steps{why}; nothing to compare")
+    return run
 
 
 # ---------------------------------------------------------------- eval tables

@@ -174,7 +174,9 @@ class Trainer:
     def _check_run_dir(self, manager: CheckpointManager) -> Saved | None:
         """Read-only checks of an existing run folder; returns the checkpoint to resume from."""
         from growlm.files import read_json
+        from growlm.train.resume import check_resumable, check_run_folder
 
+        check_run_folder(self.out)
         run_file = self.out / "run.json"
         has_any = bool(manager.all())
         if has_any and not self.resume:
@@ -191,6 +193,8 @@ class Trainer:
             newest = damaged[0].removeprefix("skipping damaged checkpoint: ") if damaged else "?"
             raise GrowlmError(f"{self.ckpt_root}: no readable checkpoint to resume from; all {len(damaged)} "
                               f"are damaged (newest: {newest})")
+        if saved is not None:
+            check_resumable(saved, self.stages, self.checked, self.loader)
         for msg in damaged:  # falling back past damaged checkpoints: say which ones
             self.warn(msg)
         if self.resume and saved is None:
@@ -209,18 +213,18 @@ class Trainer:
         from growlm.train.lock import RunLock
 
         self._open_data()  # first: bad data must not leave a run folder behind
-        fingerprint = stages_fingerprint(self.cfg)
-        manager = CheckpointManager(self.ckpt_root, self.cfg.run.keep_last, fingerprint, self.dist,
-                                    self.tokenizer_path, log=self.log)
+        manager = self._manager()
         with RunLock(self.out, enabled=self.rank == 0):
             saved = self._check_run_dir(manager)
             if saved is None and self.rank == 0:
                 self._start_notes()
-            if self.rank == 0:
-                self._write_run_record()
             self.manager = manager
             self._run_stages(saved)
         return self.summary()
+
+    def _manager(self) -> CheckpointManager:
+        return CheckpointManager(self.ckpt_root, self.cfg.run.keep_last, stages_fingerprint(self.cfg), self.dist,
+                                 self.tokenizer_path, log=self.log)
 
     def _start_notes(self) -> None:
         from growlm.stages import recipe_notes
@@ -239,6 +243,8 @@ class Trainer:
         # built, so the previous stage's weights are not held through the next one's training.
         self._handoff, start, resume = self._restore(saved, metrics_path)
         self.metrics = self._open_metrics(metrics_path)
+        if self.rank == 0:  # after the metrics sinks started: a sink that cannot start writes nothing
+            self._write_run_record()
         old_handlers = self._install_signals()
         try:
             while True:
@@ -453,6 +459,9 @@ class Trainer:
         """A run whose weights or final validation loss are not finite must not end green."""
         bad = next((k for k, v in handoff.state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
         loss = self.counters.last_val_loss
+        if self.counters.bad_steps >= stage.steps:  # finite, but only because nothing was trained
+            raise GrowlmError(f"training diverged: every step of stage {stage.number} was non-finite and "
+                              "skipped; lower the LR, use train.nonfinite = 'rollback', or check the data")
         if bad is not None or (loss is not None and not math.isfinite(loss)):
             what = f"weight {bad}" if bad is not None else f"validation loss {loss}"
             raise GrowlmError(f"training diverged: stage {stage.number} ended with a non-finite {what} "
@@ -545,6 +554,12 @@ class Trainer:
     def _restore_signals(self, old) -> None:
         for sig, h in old.items():
             signal.signal(sig, h)
+
+    @property
+    def stop_signal(self) -> int | None:
+        """The SIGTERM/SIGINT received and not yet acted on (one that came during the last
+        step or the final checkpoint: the run finished anyway), else None."""
+        return self._stop_signal
 
     @property
     def stop_requested(self) -> bool:
