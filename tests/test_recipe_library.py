@@ -107,7 +107,7 @@ def test_recipes_list_and_show(capsys):
     assert code == 0 and names == [n for n in recipe_names() if n.startswith("tiny/")]
     assert not any(x.startswith("step/") for x in out.splitlines())
     code, _, err = run(capsys, "recipes", "list", "tinny")
-    assert code == 2 and "folders: gstack, hf, hf/tiny, reuse, step, tiny" in err
+    assert code == 2 and "folders: gstack, gstack/operators, gstack/operators/tiny, hf, hf/tiny, reuse, step, tiny" in err
     code, out, _ = run(capsys, "recipes", "show", "tiny/gstack")
     assert code == 0 and out == library_recipe("tiny/gstack").read_text()
     code, _, err = run(capsys, "recipes", "show", "tiny/gstak")

@@ -42,14 +42,7 @@ def check_output_dir(path: str | os.PathLike, what: str) -> Path:
     """Refuse an output folder that cannot be created: a NUL byte, or an existing file at the
     path or at one of its parents. Nothing is created."""
     p = check_path(path, what)
-    for parent in (p, *p.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                where = "is a file" if parent == p else f"lies under {parent}, which is a file"
-                raise GrowlmError(f"{what}: {p} {where}, not a folder")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise GrowlmError(f"{what}: {parent} is not writable")
-            break
+    _check_creatable(p, (p, *p.parents), what)
     return p
 
 
@@ -60,8 +53,21 @@ def check_output_file(path: str | os.PathLike, what: str) -> Path:
     p = check_path(path, what)
     if p.is_dir():
         raise GrowlmError(f"{what}: {p} is a folder; give a file name")
-    check_output_dir(p.parent, what)
+    _check_creatable(p, p.parents, what)
     return p
+
+
+def _check_creatable(p: Path, candidates, what: str) -> None:
+    """The nearest existing path among `candidates` (p's own path or its parents, nearest first)
+    must be a writable folder; the error names `p`."""
+    for parent in candidates:
+        if parent.exists():
+            if not parent.is_dir():
+                where = "is a file" if parent == p else f"lies under {parent}, which is a file"
+                raise GrowlmError(f"{what}: {p} {where}, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise GrowlmError(f"{what}: {parent} is not writable")
+            return
 
 
 def check_apart(out: str | os.PathLike, inputs, what: str) -> None:

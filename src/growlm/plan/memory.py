@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from growlm.errors import GrowlmError
 from growlm.model.config import ModelConfig
-from growlm.plan import activations as act
+import growlm.plan.activations as act
 from growlm.plan.layout import Trainability
 from growlm.plan.precision import ADAPTER_BYTES, BF16_MIXED, Precision
 
