@@ -102,11 +102,13 @@ def stage1_lr(ctx: Context, m: M.Method, run: bool) -> str | None:
     if m.small is None:
         return None
     name = f"{m.name}-stage1"
-    if run:
-        summary = _search(ctx, name, M.stage1_recipe(m, ctx.scale, ctx.shards), "optim.lr")
-    else:
-        summary = S.read_summary(ctx.sweep_dir(name))
-    return best_value(summary, "optim.lr")
+    if not run:
+        return best_value(S.read_summary(ctx.sweep_dir(name)), "optim.lr")
+    best = best_value(_search(ctx, name, M.stage1_recipe(m, ctx.scale, ctx.shards), "optim.lr"),
+                      "optim.lr")
+    if best is None:
+        raise RuntimeError(f"{name}: every LR of the small model's search diverged")
+    return best
 
 
 def method_text(ctx: Context, m: M.Method, lr_s1: str | None) -> tuple[str, dict]:

@@ -12,6 +12,7 @@ from claims import MethodResult, check_claims, verdict
 from report_blocks import environment_blocks, setup_blocks
 from spread import Stat, stat
 
+from growlm.errors import GrowlmError
 from growlm.files import atomic_write_text, to_json_safe
 from growlm.report import compare as cmp
 from growlm.report.document import Bullets, Heading, Paragraph, Table
@@ -116,7 +117,7 @@ def _headline(claims: list, results: dict, scale: M.Scale) -> Paragraph:
     base = results["standard"].final
     said = "; ".join(f"({k}) {verdict(ok).strip('*')}" for k, _, ok, _ in claims)
     best = sorted((r.final.mean, n) for n, r in results.items() if r.final)
-    lead = ", ".join(f"{n} {v:.3f}" for v, n in best[:3])
+    lead = ", ".join(f"{n} {results[n].final.fmt(3)}" for _, n in best[:3])
     return Paragraph(
         f"**Does it pay off?** At {scale.tokens_per_param:.3g} tokens per parameter "
         f"({scale.params:,} parameters), with {scale.seeds} seeds per method: {said}. Lowest mean "
@@ -126,7 +127,10 @@ def _headline(claims: list, results: dict, scale: M.Scale) -> Paragraph:
 def write_results(outcomes: list[dict], scale: M.Scale, work: Path, shards: Path, results_dir: Path,
                   target: int, progress: dict, env: dict, side: dict | None) -> Path:
     results, first = method_results(outcomes)
-    base = first["standard"]
+    if M.BASELINE not in first:
+        raise GrowlmError("nothing to report yet: the baseline (standard) has no finished run; "
+                          "run the command without --report-only")
+    base = first[M.BASELINE]
     loaded, _ = cmp.load_runs(list(first.values()), base)
     for row in cmp.summarize(loaded, base):
         if row.name in results:
