@@ -34,7 +34,8 @@ follows the exact count within a few points while the whole step saves less. LoR
 matmuls run far below the dense ones' throughput and add elementwise ops, so `step_relora`
 saves less than counted.
 
-`benchmarks/memory_vs_plan.py` builds its setups with `build_setup` from this file.
+`benchmarks/memory_vs_plan.py` checks the memory of the same kinds of stage against the
+planner's estimate.
 """
 
 from __future__ import annotations

@@ -1,185 +1,173 @@
-"""Model-state memory of a training stage: the planner's estimate against the live tensors.
+"""The planner's peak-memory estimate against the measured peak of real training steps.
 
-For each setup (the stages of `frozen_speed.py` plus GaLore) the script builds the model and
-the trainer's optimizer, runs 2 training steps, and measures, after the second optimizer step
-and before gradients are released (when weights, gradients and optimizer state are all alive,
-as the trainer measures):
+Each configuration of the grid is a stage built by the trainer's own boundary code
+(`growlm.train.boundary.enter_stage`, the second stage of a two-stage recipe for STEP) and
+trained by its train step (`growlm.train.step.train_step`) on random tokens. The second step
+(the optimizer state exists by then, as in every later step) runs under
+`growlm.memory_probe.PeakMemory`, the trainer's probe: the CPU allocator's running total from
+the profiler's memory events, on top of the live tensors at the step's start. The estimate is
+`growlm.train.boundary.stage_memory` — what the trainer logs as `peak_estimated_bytes` — for
+the run's device and precision (fp32 on CPU).
 
-* the bytes of the distinct storages behind parameters, gradients and optimizer-state tensors;
-* on CUDA also `torch.cuda.max_memory_allocated` over the whole build + 2 steps.
+Grid: stage kinds (everything trainable; embedding and head frozen, Lee et al.; embedding,
+head, final norm and the lower half of the layers frozen; a STEP stage: interpolated new
+layers, the inherited ones frozen with ReLoRA adapters; GaLore) × micro-batch sizes ×
+sequence lengths × activation checkpointing off/on × vocabularies. For each it prints the
+measured and estimated peak, their ratio (estimated / measured), the ratio of what the step
+added above its starting bytes, and the moment of the step the estimate puts the peak at.
+The goal is a ratio within 10% everywhere.
 
-It prints them next to two estimates:
+    python benchmarks/memory_vs_plan.py                       # the full grid, ~10 minutes on 2 cores
+    python benchmarks/memory_vs_plan.py --setups full,galore --vocab 2048 --batch 4 --seq 64
+    python benchmarks/memory_vs_plan.py --accumulation 2      # two micro-batches per step
+    python benchmarks/memory_vs_plan.py --json results.json   # the rows as JSON too
 
-* **paper**: `growlm.plan.memory.model_state_bytes` = 16·P_trainable + 2·P_frozen +
-  16·P_adapter. Both seed papers assume bf16 mixed precision: bf16 weight (2) and gradient (2),
-  fp32 master copy (4) and Adam moments (8) for a trainable parameter, only the bf16 weight (2)
-  for a frozen one; a GaLore-projected m×n weight 8·m·n plus its fp32 moments (8·r·max(m, n))
-  and projector (4·r·min(m, n)), as `growlm.plan.memory.galore_matrix_bytes` counts it.
-* **dtype-aware**: the same accounting for how the tensors are really stored here. growlm keeps
-  weights in fp32 (on CUDA bf16 is autocast compute, not storage), so a trainable parameter is
-  4 (weight) + 4 (gradient) + 8 (Adam) = 16 bytes — the same 16, with no separate master copy —
-  but a frozen parameter is its fp32 weight, 4 bytes, not 2. Adam's `step` is a 4-byte tensor
-  per parameter tensor. GaLore keeps, per projected m×n matrix, two moments of r·max(m, n) and
-  a projector of r·min(m, n) values instead of 2·m·n.
-
-So on fp32 storage the paper formula undercounts frozen weights by half (the ratio measured /
-paper grows with the frozen share), while measured / dtype-aware should be ≈ 1. On CUDA the
-allocator peak is compared with dtype-aware model state + `activation_bytes` (bf16
-activations, fused attention); autocast's bf16 weight copies, the loss's temporaries and
-allocator rounding are not in the estimate.
-
-    python benchmarks/memory_vs_plan.py                    # CPU, same shape as frozen_speed.py
-    python benchmarks/memory_vs_plan.py --device cuda --d-model 1024 --n-layers 16 \
-        --vocab 32000 --seq 1024 --batch 8 --frozen-layers 12 --rank 64 --galore-rank 256
+On CUDA (`--device cuda`) the probe reads `torch.cuda.max_memory_allocated` and the estimate is
+for bf16 autocast over fp32 weights; this project's machines had no GPU to check it on.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import itertools
+import json
+import time
 
 import torch
-from frozen_speed import Setup, build_setup, train_step  # benchmarks/ is on sys.path as script dir
 
-from growlm.model import ModelConfig, Transformer
-from growlm.optim.galore import GaLoreAdamW
-from growlm.plan.memory import activation_bytes, galore_groups_saving, model_state_bytes
+from growlm.config import config_from_dict
+from growlm.memory_probe import PeakMemory
+from growlm.stages import resolve_stages
+from growlm.train import boundary
+from growlm.train.parallel import Parallelism
+from growlm.train.step import train_step
 
-SETUPS = ("full", "frozen_embed_head", "frozen_lower", "step_relora", "galore")
 MiB = 2**20
+SETUPS = ("full", "frozen_embed_head", "frozen_lower", "step_relora", "galore")
+TOLERANCE = 0.10
 
 
-def storage_bytes(tensors) -> int:
-    """Bytes of the distinct storages behind `tensors` (views and tied weights count once)."""
-    seen: dict[int, int] = {}
-    for t in tensors:
-        if torch.is_tensor(t):
-            s = t.untyped_storage()
-            seen[s.data_ptr()] = s.nbytes()
-    return sum(seen.values())
+def stages_of(setup: str, n_layers: int, d_model: int) -> tuple[list[dict], dict]:
+    """The recipe's [[stage]] list and [optim] section for a setup."""
+    half = n_layers // 2
+    one = {"name": "s", "steps": 4}
+    if setup == "full":
+        return [one], {"name": "adamw"}
+    if setup == "frozen_embed_head":
+        return [{**one, "freeze": ["embedding", "head"]}], {"name": "adamw"}
+    if setup == "frozen_lower":
+        lower = [f"layers.{i}.*" for i in range(half)]
+        return [{**one, "freeze": ["embedding", "head", "norm.weight", *lower]}], {"name": "adamw"}
+    if setup == "step_relora":
+        relora = {"kind": "relora", "rank": 8, "reset_every": 4, "rewarmup_steps": 1}
+        return [{"name": "a", "n_layers": half, "steps": 4},
+                {"name": "b", "steps": 4, "grow": {"op": "interpolate", "add": n_layers - half},
+                 "freeze": ["inherited"], "adapters": relora}], {"name": "adamw"}
+    if setup == "galore":
+        return [one], {"name": "galore", "galore": {"rank": max(1, d_model // 4)}}
+    raise SystemExit(f"unknown setup {setup!r}; choose from {', '.join(SETUPS)}")
 
 
-def measured_state(s: Setup) -> dict[str, int]:
-    params = list(s.model.parameters())
-    states = [v for st in s.opt.state.values() for v in st.values()]
-    return {"params": storage_bytes(params),
-            "grads": storage_bytes(p.grad for p in params if p.grad is not None),
-            "optimizer": storage_bytes(states)}
+def recipe(args, setup: str, vocab: int, batch: int, seq: int, checkpointing: bool):
+    stages, optim = stages_of(setup, args.n_layers, args.d_model)
+    return config_from_dict({
+        "run": {"name": "bench", "device": args.device, "activation_checkpointing": checkpointing},
+        "model": {"vocab_size": vocab, "d_model": args.d_model, "n_layers": args.n_layers,
+                  "n_heads": args.n_heads, "max_seq_len": seq},
+        "data": {"train": "unused", "seq_len": seq},
+        "train": {"global_batch_tokens": seq * batch * args.accumulation, "micro_batch_size": batch},
+        "optim": optim, "stage": stages}, f"memory_vs_plan:{setup}")
 
 
-def _galore_state_bytes(p: torch.Tensor, rank: int) -> int:
-    m, n = p.shape
-    r = min(rank, m, n)
-    return p.element_size() * (2 * r * max(m, n) + r * min(m, n))
+def measure(cfg, device: torch.device) -> dict:
+    """Build the recipe's last stage, take one step, probe the second; return the figures."""
+    stages = resolve_stages(cfg, cfg.source)
+    handoff = previous = None
+    if len(stages) > 1:  # the previous stage's weights, handed on (not trained: shapes matter)
+        previous = stages[-2]
+        handoff = boundary.HandOff(previous.model, boundary.new_model(previous.model, 1).state_dict())
+    parallel = Parallelism(cfg.run, None, device)
+    built = boundary.enter_stage(cfg, stages[-1], handoff, previous, parallel=parallel, device=device)
+    built.module = parallel.wrap(built.model, built.optimizer)
+    del handoff  # as the trainer does once a stage is built
+    estimate = boundary.stage_memory(built, cfg, device_type=device.type)
+    gen = torch.Generator().manual_seed(0)
+    accumulation = boundary.accumulation_steps(cfg)
+    autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda"
+                else contextlib.nullcontext)
 
+    def step():
+        batches = []
+        for _ in range(accumulation):
+            x = torch.randint(0, cfg.model.vocab_size, (cfg.train.micro_batch_size, cfg.data.seq_len + 1),
+                              generator=gen).to(device)
+            batches.append((x[:, :-1].contiguous(), x[:, 1:].contiguous()))
+        train_step(built, batches, lr=1e-3, grad_clip=1.0, autocast=autocast)
 
-def dtype_aware_bytes(s: Setup) -> int:
-    """Weights, gradients and optimizer state as they are stored (see the module docstring)."""
-    galore = {}
-    if isinstance(s.opt, GaLoreAdamW):
-        galore = {id(p): g["rank"] for g in s.opt.param_groups if g["rank"] is not None
-                  for p in g["params"] if p.dim() == 2}
-    total = 0
-    for p in {id(p): p for p in s.model.parameters()}.values():
-        size = p.numel() * p.element_size()
-        total += size
-        if not p.requires_grad:
-            continue
-        total += size  # gradient, same dtype as the weight
-        if id(p) in galore:
-            total += _galore_state_bytes(p, galore[id(p)])
-        else:
-            total += 2 * size + (0 if isinstance(s.opt, GaLoreAdamW) else 4)  # moments + step
-    return total
-
-
-def paper_bytes(s: Setup) -> int:
-    adapter = sum(s.adapters.values())
-    trainable = s.count(True) - adapter
-    return model_state_bytes(trainable, s.count(False), adapter) - galore_groups_saving(s.opt.param_groups)
+    step()
+    with PeakMemory(device) as probe:
+        step()
+    above = estimate.peak - estimate.weights - estimate.optimizer_state - estimate.buffers
+    return {"measured": probe.peak_bytes, "estimated": estimate.peak,
+            "measured_above_start": probe.peak_above_baseline_bytes, "estimated_above_start": above,
+            "ratio": estimate.peak / probe.peak_bytes,
+            "ratio_above_start": above / probe.peak_above_baseline_bytes,
+            "moment": estimate.moment, "method": probe.method,
+            "model_state_estimated": estimate.model_state}
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--n-layers", type=int, default=6)
-    p.add_argument("--n-heads", type=int, default=8)
-    p.add_argument("--vocab", type=int, default=16384)
-    p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--frozen-layers", type=int, default=4)
-    p.add_argument("--rank", type=int, default=16, help="ReLoRA rank")
-    p.add_argument("--galore-rank", type=int, default=16, help="GaLore rank")
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--n-layers", type=int, default=4)
+    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--setups", default=",".join(SETUPS))
+    p.add_argument("--vocab", default="2048,8192,50257", help="comma-separated vocabulary sizes")
+    p.add_argument("--batch", default="1,4", help="comma-separated micro-batch sizes")
+    p.add_argument("--seq", default="64,256", help="comma-separated sequence lengths")
+    p.add_argument("--checkpointing", default="off,on", help="off, on or off,on")
+    p.add_argument("--accumulation", type=int, default=1, help="micro-batches per step")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
     return p.parse_args()
-
-
-def run_setup(name: str, cfg: ModelConfig, state: dict, batch, device, args) -> dict:
-    if device.type == "cuda":
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)  # the batch and anything left over
-    s = build_setup(name, cfg, state, device, frozen_layers=args.frozen_layers, rank=args.rank,
-                    seq_len=args.seq, galore_rank=args.galore_rank)
-    for _ in range(2):
-        train_step(s, batch, device)  # ends after opt.step(): gradients still alive
-    row = {"name": name, "measured": measured_state(s), "paper": paper_bytes(s),
-           "dtype_aware": dtype_aware_bytes(s), "adapter": sum(s.adapters.values()),
-           "trainable": s.count(True), "frozen": s.count(False)}
-    if device.type == "cuda":
-        row["peak"] = torch.cuda.max_memory_allocated(device) - base
-        row["activations"] = activation_bytes(cfg, args.batch, args.seq, s.frozen, s.adapters,
-                                              bytes_per_activation=2, fused_attention=True)
-    return row
-
-
-def report(rows: list[dict], cuda: bool) -> None:
-    print(f"\n{'setup':<18}{'trainable':>11}{'frozen':>11}{'adapter':>9}"
-          f"{'params':>9}{'grads':>8}{'optim':>8}{'measured':>10}{'paper':>9}{'dtype-aw':>10}"
-          f"{'meas/paper':>11}{'meas/dtype':>11}{'vs full':>9}")
-    full = sum(rows[0]["measured"].values())
-    for r in rows:
-        m = r["measured"]
-        total = sum(m.values())
-        print(f"{r['name']:<18}{r['trainable'] - r['adapter']:>11,}{r['frozen']:>11,}"
-              f"{r['adapter']:>9,}{m['params'] / MiB:9.1f}{m['grads'] / MiB:8.1f}"
-              f"{m['optimizer'] / MiB:8.1f}{total / MiB:10.1f}{r['paper'] / MiB:9.1f}"
-              f"{r['dtype_aware'] / MiB:10.1f}{total / r['paper']:11.3f}"
-              f"{total / r['dtype_aware']:11.3f}{total / full:9.3f}")
-    print("MiB; measured = distinct storages of parameters + gradients + optimizer state after "
-          "step 2; paper = 16·P_trainable + 2·P_frozen + 16·P_adapter (GaLore: its projected state); "
-          "dtype-aware = as stored "
-          "(fp32 weights: frozen 4 B/param, trainable 4+4+8).")
-    if cuda:
-        print(f"\n{'setup':<18}{'peak':>10}{'state (dt)':>11}{'activ.':>10}{'estimate':>10}"
-              f"{'peak/est':>9}{'paper+act':>11}{'peak/paper+act':>15}")
-        for r in rows:
-            est = r["dtype_aware"] + r["activations"]
-            paper = r["paper"] + r["activations"]
-            print(f"{r['name']:<18}{r['peak'] / MiB:10.1f}{r['dtype_aware'] / MiB:11.1f}"
-                  f"{r['activations'] / MiB:10.1f}{est / MiB:10.1f}{r['peak'] / est:9.3f}"
-                  f"{paper / MiB:11.1f}{r['peak'] / paper:15.3f}")
-        print("MiB; peak = torch.cuda.max_memory_allocated over build + 2 steps (bf16 autocast); "
-              "activ. = plan.memory.activation_bytes (bf16, fused attention, no checkpointing).")
 
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cfg = ModelConfig(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.n_layers,
-                      n_heads=args.n_heads, max_seq_len=args.seq)
-    torch.manual_seed(0)
-    state = Transformer(cfg).state_dict()
-    data = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1),
-                         generator=torch.Generator().manual_seed(1)).to(device)
-    batch = (data[:, :-1], data[:, 1:])
-    print(f"config: {cfg.params_total / 1e6:.1f}M params (d {cfg.d_model}, {cfg.n_layers} layers, "
-          f"vocab {cfg.vocab_size}), batch {args.batch}x{args.seq}, {args.frozen_layers} frozen "
-          f"lower layers, ReLoRA rank {args.rank}, GaLore rank {args.galore_rank}, "
-          f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'} on {device.type}")
-    rows = [run_setup(n, cfg, state, batch, device, args) for n in SETUPS]
-    report(rows, device.type == "cuda")
+    ints = lambda text: [int(v) for v in text.split(",")]  # noqa: E731
+    grid = list(itertools.product(args.setups.split(","), ints(args.vocab), ints(args.batch),
+                                  ints(args.seq), [c == "on" for c in args.checkpointing.split(",")]))
+    print(f"d_model {args.d_model}, {args.n_layers} layers, {args.n_heads} heads, {args.accumulation} "
+          f"micro-batch(es) per step, {device.type}, torch {torch.__version__}; {len(grid)} configurations")
+    head = (f"{'setup':<18}{'vocab':>7}{'batch':>6}{'seq':>5}{'ckpt':>5}{'measured':>11}{'estimated':>11}"
+            f"{'est/meas':>9}{'above start':>13}{'est/meas':>9}  peak moment")
+    print(head + "\n" + "-" * len(head))
+    rows, t0 = [], time.perf_counter()
+    for setup, vocab, batch, seq, ckpt in grid:
+        row = {"setup": setup, "vocab": vocab, "batch": batch, "seq": seq, "checkpointing": ckpt,
+               **measure(recipe(args, setup, vocab, batch, seq, ckpt), device)}
+        rows.append(row)
+        print(f"{setup:<18}{vocab:>7}{batch:>6}{seq:>5}{'on' if ckpt else 'off':>5}"
+              f"{row['measured'] / MiB:>11.1f}{row['estimated'] / MiB:>11.1f}{row['ratio']:>9.3f}"
+              f"{row['measured_above_start'] / MiB:>13.1f}{row['ratio_above_start']:>9.3f}  {row['moment']}",
+              flush=True)
+        gc.collect()
+    ratios = [r["ratio"] for r in rows]
+    above = [r["ratio_above_start"] for r in rows]
+    inside = sum(abs(r - 1) <= TOLERANCE for r in ratios)
+    print(f"\nMiB. estimated / measured peak: {min(ratios):.3f}–{max(ratios):.3f} "
+          f"({inside}/{len(rows)} within {TOLERANCE:.0%}); above the step's starting bytes: "
+          f"{min(above):.3f}–{max(above):.3f}. Measured by {rows[0]['method']}; "
+          f"{time.perf_counter() - t0:.0f} s.")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

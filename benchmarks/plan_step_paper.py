@@ -29,7 +29,9 @@ def recipe_split(path: Path) -> tuple[object, list[int], int]:
 
 
 def main() -> int:
-    root = Path(__file__).resolve().parents[1] / "recipes" / "step"
+    from growlm.recipe_library import library_root
+
+    root = library_root() / "step"
     paths = sorted(p for p in root.glob("*stage.toml"))
     if not paths:
         print(f"no STEP recipes under {root}", file=sys.stderr)

@@ -18,10 +18,11 @@ import torch
 from growlm.config import load_recipe
 from growlm.errors import GrowlmError
 from growlm.model.llama import Transformer
+from growlm.recipe_library import library_root
 from growlm.stages import SHAPE_KEYS, resolve_stages
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-# recipes/hf/ start from public checkpoints (an init folder): tests/model/test_hf_recipes.py
+RECIPES = library_root()  # the installed library; recipes/ in a clone links to it
+# hf/ start from public checkpoints (an init folder): tests/model/test_hf_recipes.py
 ALL = sorted(p for p in RECIPES.rglob("*.toml") if "hf" not in p.relative_to(RECIPES).parts)
 TINY = [p for p in ALL if p.parent.name == "tiny"]
 PAPER = [p for p in ALL if p.parent.name != "tiny"]
@@ -223,6 +224,40 @@ def test_gstack_stages(size: str):
     assert small.schedule_steps >= small.steps + stacked.steps, "small model must not be annealed"
     assert stacked.spec.optimizer_state == "reset" and stacked.warmup_steps > 0
     assert small.lr > stacked.lr
+
+
+OPERATORS = {  # Gstack's operator study: (direction, operator) → growlm's op
+    ("depth", "direct"): "stack", ("depth", "learn"): "learn", ("depth", "zero"): "identity",
+    ("depth", "random"): "random", ("width", "direct"): "clone", ("width", "learn"): "width_learn",
+    ("width", "zero"): "zero", ("width", "random"): "width_random",
+}
+
+
+@pytest.mark.parametrize("direction, operator", sorted(OPERATORS))
+@pytest.mark.parametrize("scale", ["1.1b", "tiny"])
+def test_gstack_operator_study(direction: str, operator: str, scale: str):
+    rel = (f"gstack/operators/1.1b-{direction}-{operator}.toml" if scale == "1.1b"
+           else f"gstack/operators/tiny/{direction}-{operator}.toml")
+    cfg, (small, grown) = _load(rel)
+    g = grown.spec.grow
+    assert g.op == OPERATORS[direction, operator]
+    target = cfg.model
+    if direction == "depth":  # growth factor 4: a quarter of the layers, the same width
+        assert small.model.n_layers * 4 == target.n_layers and small.model.d_model == target.d_model
+    else:  # 4x the layer parameters: every width halved, the same depth and head_dim
+        assert small.model.d_model * 2 == target.d_model and small.model.n_layers == target.n_layers
+        assert small.model.head_size == target.head_size
+        assert target.params_layers == pytest.approx(4 * small.model.params_layers, rel=0.01)
+    if operator == "learn":
+        assert g.learn_steps == (100 if scale == "1.1b" else 20)
+    if operator == "random":
+        assert g.mask_steps == (5000 if scale == "1.1b" else 30)
+        assert direction == "width" or g.position == "end"
+    assert small.schedule_steps >= small.steps + grown.steps  # the small model is not annealed
+    if scale == "1.1b":
+        assert small.tokens == pytest.approx(10e9, rel=0.06)
+        assert small.tokens + grown.tokens == pytest.approx(100e9, rel=0.001)
+        assert grown.spec.optimizer_state == "reset"
 
 
 def test_tiny_gstack_is_not_annealed_at_growth():

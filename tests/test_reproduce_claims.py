@@ -90,6 +90,17 @@ def test_word_similarity_without_enough_pairs_gives_no_verdict(mods):
     assert mods.claims.claim_a([], base)[0] is None  # not evaluated
 
 
+def test_word_similarity_skips_rhos_eval_json_wrote_as_null(mods):
+    """eval.json writes a non-finite rho as null: such a set is not measurable, not an error."""
+    pairs = {"simlex999": 60, "men": 60}
+    one = [_ws(pairs, simlex999=0.3, men=0.9)]
+    base = [_ws(pairs, simlex999=0.1, men=None)]
+    ok, text = mods.claims.claim_a(one, base)
+    assert ok is True and "over the 1 sets with ≥ 50 pairs" in text and "men (" not in text
+    base = [_ws(pairs, simlex999=None, men=math.nan)]
+    assert mods.claims.claim_a(one, base)[0] is None
+
+
 def test_word_similarity_within_the_seed_spread_is_inconclusive(mods):
     pairs = {"simlex999": 900}
     one = [_ws(pairs, simlex999=r) for r in (0.20, 0.25, 0.30)]
@@ -187,3 +198,73 @@ def test_check_claims_adds_the_side_run_as_its_own_claim(mods):
     assert found["a"][0] is None  # the main scale's sets are too small
     assert found["a, side run"][0] is True and "50257-token GPT-2 BPE" in found["a, side run"][1]
     assert "a, side run" not in {k for k, *_ in mods.claims.check_claims({"standard": base}, 1e12)}
+
+
+# ---------------------------------------------------------------- (f), (g) the operator study
+
+def _ops(mods, lr_source=None, **finals):
+    """Study members by method name → final losses over their seeds."""
+    return {n: mods.claims.MethodResult(name=n, final=S(mods, *f), n=len(f),
+                                        lr_source=None if n == "gstack" else lr_source)
+            for n, f in finals.items()}
+
+
+def test_stacking_in_depth_ends_lowest_only_beyond_the_spread(mods):
+    f = mods.claims.claim_f
+    results = _ops(mods, gstack=(4.80, 4.81), **{"ops-depth-learn": (4.90, 4.91),
+                                                 "ops-width-direct": (5.10, 5.11)})
+    ok, text = f(results)
+    assert ok is True and text.startswith("final val loss, best first: G_direct ↑ 4.8050")
+    assert "lower beyond the spread than 2 of 2; 5 of the 8 missing" in text
+    results["ops-width-zero"] = _ops(mods, **{"ops-width-zero": (4.70, 4.71)})["ops-width-zero"]
+    assert f(results)[0] is False  # G_zero → beats it beyond the spread
+    results["ops-width-zero"] = _ops(mods, **{"ops-width-zero": (4.75, 4.85)})["ops-width-zero"]
+    assert f(results)[0] is None  # within the spread of G_zero →
+    assert f(_ops(mods, **{"ops-width-zero": (4.7,)}))[0] is None  # gstack missing
+    ok, text = f(_ops(mods, gstack=(4.8,)))
+    assert ok is None and text.startswith("not run")
+    assert mods.claims.claim_g(_ops(mods, gstack=(4.8,)))[1].startswith("not run")
+
+
+def test_depth_beats_width_per_operator_beyond_the_spread(mods):
+    results = _ops(mods, gstack=(4.80, 4.81), **{
+        "ops-width-direct": (5.10, 5.11),                                  # depth wins
+        "ops-depth-learn": (4.90, 4.91), "ops-width-learn": (4.84, 4.85),  # width wins
+        "ops-depth-zero": (4.90, 5.00), "ops-width-zero": (4.95, 4.96)})   # within the spread
+    ok, text = mods.claims.claim_g(results)
+    assert ok == "partly" and "G_learn: depth vs width 4.9050" in text
+    assert mods.claims.combine([True, False, None]) == ok
+    results.pop("ops-width-learn")
+    results.pop("ops-width-zero")
+    assert mods.claims.claim_g(results)[0] is True
+    assert mods.claims.claim_g(_ops(mods, **{"ops-width-zero": (4.7,)}))[0] is None
+
+
+def test_operators_at_gstacks_lr_are_compared_on_single_runs(mods):
+    """Where the other operators ran once at gstack's LR, every member is compared on its
+    seed-1 run, and the verdict says it is not beyond a spread."""
+    results = _ops(mods, "gstack", gstack=(4.80, 4.95, 4.96),  # mean 4.903: would lose to 4.85
+                   **{"ops-depth-learn": (4.85,), "ops-width-direct": (4.90,)})
+    ok, text = mods.claims.claim_f(results)
+    assert ok is True and "G_direct ↑ 4.8000 (1 seed)" in text and "lower than 2 of 2" in text
+    assert "ran once each at gstack's best LR" in text and "not decided beyond a seed spread" in text
+    ok, text = mods.claims.claim_g(results)
+    assert ok is True and "spread not measured" in text
+
+
+def test_operator_table_lays_out_operators_by_direction(mods):
+    results = _ops(mods, gstack=(4.80, 4.82), **{"ops-width-direct": (5.1, 5.2),
+                                                 "ops-width-zero": (4.7,)})
+    results["gstack"].to_target, results["gstack"].reached = S(mods, 8e11), 1
+    body = mods.claims.operator_table(results, 1e12)[-1].rows
+    assert [row[0] for row in body] == ["G_direct", "G_learn", "G_zero", "G_random"]
+    assert body[0] == ["G_direct", "4.8100 (4.8000–4.8200, 2 seeds) (saving 20.0% (1 seed), 1/2)",
+                       "5.1500 (5.1000–5.2000, 2 seeds) (never reaches it)"]
+    assert body[2] == ["G_zero", "-", "4.7000 (1 seed) (never reaches it)"]
+    assert mods.claims.operator_table({}, 1e12) == []
+
+
+def test_check_claims_states_every_claim(mods):
+    base = _r(mods, "standard", (5.0, 5.01))
+    keys = [k for k, *_ in mods.claims.check_claims({"standard": base}, 1e12)]
+    assert keys == ["a", "b", "c", "d", "e", "f", "g"]

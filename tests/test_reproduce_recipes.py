@@ -41,7 +41,7 @@ def test_every_method_lands_on_the_baselines_flops(methods, scale_name, tmp_path
     first_stage = {"reuse-one-layer-attn": B // 2, "reuse-one-attn-attn": B // 2,
                    "reuse-no-layer": B // 2, "step-2stage": B * 3 // 8,
                    "step-3stage": B * 3 // 10, "gstack": growth, "relora": B // 4,
-                   "standard": B, "galore": B}
+                   "standard": B, "galore": B, **{name: growth for name in methods.OPERATORS}}
     for m in methods.METHODS:
         text, info = methods.method_recipe(m, scale, tmp_path, target)
         cfg = _cfg(methods, text, m.name)
@@ -138,3 +138,42 @@ def test_every_family_is_known_and_every_method_in_one(methods):
     assert len({m.name for m in methods.METHODS}) == len(methods.METHODS)
     for m in methods.METHODS:
         assert (methods.RECIPES / f"{m.template}.toml").is_file(), m.name
+
+
+def test_the_operator_study_is_a_family_of_eight(methods, tmp_path):
+    """Gstack's four operators in depth and width, each grown 4x from a quarter of the model;
+    gstack (a seed method) is the study's G_direct in depth."""
+    scale = methods.SCALES["cpu"]
+    study = methods.OPERATOR_STUDY
+    assert sorted(study.values()) == sorted((op, d) for op in ("G_direct", "G_learn", "G_zero", "G_random")
+                                            for d in ("depth", "width"))
+    assert {m.name for m in methods.METHODS if m.family == "operators"} == set(study) - {"gstack"}
+    target = methods.baseline_flops(scale, tmp_path)
+    ops = {}
+    for m in methods.METHODS:
+        if m.name not in study or m.name == "gstack":
+            continue
+        text, _ = methods.method_recipe(m, scale, tmp_path, target)
+        cfg = _cfg(methods, text, m.name)
+        small, grown = cfg.stage
+        ops[m.name] = grown.grow.op
+        if study[m.name][1] == "width":
+            assert (small.d_model, small.n_heads, small.ffn_dim) == (64, 2, 192)
+        else:
+            assert small.n_layers == 2
+    assert ops == {"ops-depth-learn": "learn", "ops-depth-zero": "identity", "ops-depth-random": "random",
+                   "ops-width-direct": "clone", "ops-width-learn": "width_learn", "ops-width-zero": "zero",
+                   "ops-width-random": "width_random"}
+
+
+@pytest.mark.parametrize("scale_name, borrowed", [("chinchilla", True), ("smoke", False),
+                                                  ("cpu", False), ("gpu", False)])
+def test_the_operator_family_borrows_gstacks_lr_only_where_the_scale_says(methods, scale_name,
+                                                                         borrowed):
+    """At the chinchilla scale the seven other operators run once at gstack's best LR (the time
+    budget); elsewhere they are searched and seeded like every method."""
+    scale = methods.SCALES[scale_name]
+    for m in methods.METHODS:
+        lent = m.family == "operators" and borrowed
+        assert methods.lr_source(m, scale) == ("gstack" if lent else None), m.name
+        assert methods.seed_count(m, scale) == (1 if lent else scale.seeds), m.name

@@ -81,8 +81,10 @@ def test_ladder_values_round_trip_to_their_rungs(mods):
 def test_tasks_run_seeds_after_each_search_and_evaluations_last(mods, tmp_path):
     scale = mods.methods.SCALES["chinchilla"]
     ctx = mods.pipeline.Context(scale, tmp_path, tmp_path)
-    names = [m.name for m in mods.methods.METHODS]
-    tasks = mods.run.build_tasks(ctx, names, ["child"])
+    everything = [m.name for m in mods.methods.METHODS]
+    lent = [m.name for m in mods.methods.METHODS if m.family == "operators"]
+    names = [n for n in everything if n not in lent]
+    tasks = mods.run.build_tasks(ctx, everything, ["child"])
     mods.tasks.check_graph(tasks)
     by = {t.name: t for t in tasks}
     for m in names:
@@ -91,6 +93,12 @@ def test_tasks_run_seeds_after_each_search_and_evaluations_last(mods, tmp_path):
         assert set(by[f"eval:{m}"].after) == {f"search:{m}", "seed2:" + m, "seed3:" + m}
         assert set(by[f"search:{m}"].after) == {f"centre:{n}" for n in names}
         assert by[f"eval:{m}"].args == ["child", "--task", f"eval:{m}"]
+    # the operator family at gstack's LR: one run after gstack's search, no centre and no seeds
+    assert len(lent) == 7
+    for m in lent:
+        assert by[f"search:{m}"].after == ("search:gstack",)
+        assert by[f"eval:{m}"].after == (f"search:{m}",)
+        assert not {f"centre:{m}", f"seed2:{m}"} & set(by)
     side = [t.name for t in tasks if t.name.startswith("side:")]
     assert len(side) == 2 * scale.seeds
     assert by["side:one-layer:seed1"].after == ("prepare-side", "centre:reuse-one-layer-attn")
@@ -124,6 +132,31 @@ def test_seed_runs_repeat_the_searchs_best_lr(mods, tmp_path, monkeypatch):
     assert calls == [(["optim.lr=0.006", "run.seed=2"], ctx.sweep_dir("gstack-seed2"))]
     dirs = mods.pipeline.seed_dirs(ctx, mods.methods.method("gstack"))
     assert dirs == [sweep / "optim.lr=0.006", None]  # seed 2 has not finished
+
+
+def test_a_borrowed_lr_runs_once_at_the_lenders_best(mods, tmp_path, monkeypatch):
+    import json
+
+    scale = mods.methods.SCALES["chinchilla"]
+    ctx = mods.pipeline.Context(scale, tmp_path, tmp_path)
+    (tmp_path / "sweeps" / "gstack").mkdir(parents=True)
+    (tmp_path / "sweeps" / "gstack" / "sweep.json").write_text(json.dumps({"variants": [
+        {"name": "optim.lr=0.012", "overrides": ["optim.lr=0.012"], "status": "complete"}],
+        "best": "optim.lr=0.012"}))
+    calls = []
+    monkeypatch.setattr(mods.pipeline, "method_text", lambda ctx, m, lr_s1: ("recipe", {}))
+    import growlm.sweep
+
+    monkeypatch.setattr(growlm.sweep, "run_sweep",
+                        lambda recipe, sets, out, **kw: calls.append((sets, out, kw["only"])))
+    op = mods.methods.method("ops-width-learn")
+    mods.pipeline.task_search(ctx, op)
+    (sets, out, only), = calls
+    assert out == ctx.sweep_dir("ops-width-learn") and sets == [f"optim.lr={','.join(ctx.ladder())}"]
+    # the lender's rung of the ladder, so that the run reads back as a search's rung does
+    chosen, = (v for v in growlm.sweep.variants([("optim.lr", ctx.ladder())]) if v["name"] in only)
+    assert chosen["overrides"] == ["optim.lr=0.012"]
+    assert mods.pipeline.seed_dirs(ctx, op) == [None]  # one seed, not run yet
 
 
 # ---------------------------------------------------------------- the scheduler

@@ -1,4 +1,4 @@
-"""The seeds' claims (a)–(e) checked against the measured numbers, each verdict accounting for the
+"""The seeds' claims (a)–(g) checked against the measured numbers, each verdict accounting for the
 seed-to-seed spread (spread.py): a difference decides a verdict only when it exceeds the spread;
 otherwise the claim is inconclusive at this scale, which is a result too."""
 
@@ -7,7 +7,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import methods as M
 from spread import Stat, lower, seeds_note, stat
+
+from growlm.report.document import Paragraph, Table
 
 MATCH_TOLERANCE = 0.01  # "matches the baseline": mean final val loss within 1% of the baseline's
 MIN_PAIRS = 50  # word pairs a similarity set needs before its Spearman rho can decide a verdict
@@ -27,6 +30,7 @@ class MethodResult:
     search: dict = field(default_factory=dict)  # the LR search's record (edge, margin, rungs)
     wordsim: list = field(default_factory=list)  # word-similarity results, one per seed
     row: object = None  # seed 1's growlm compare Row (memory, FLOPs)
+    lr_source: str | None = None  # run once at this method's best LR instead of a search
 
 
 def verdict(ok: bool | str | None) -> str:
@@ -169,9 +173,8 @@ def claim_d(r: MethodResult | None, base: MethodResult, budget: float) -> tuple[
     if r.to_target is None:
         reach = f"reached the baseline's mean final loss in none of its {r.n} seeds"
     else:
-        saving = Stat(tuple(1 - v / budget for v in r.to_target.values))
         reach = (f"FLOPs to the baseline's mean final loss {r.to_target.fmt(sci=True)} in "
-                 f"{r.reached} of {r.n} seeds, a saving of {saving.fmt(1, 100, '%')}")
+                 f"{r.reached} of {r.n} seeds, a saving of {saving(r, budget).fmt(1, 100, '%')}")
     return ok, f"final val loss {_compare_text(r.final, base.final, margin, width)}; {reach}"
 
 
@@ -191,12 +194,108 @@ def claim_e(results: dict[str, MethodResult], base: MethodResult) -> tuple[bool 
     return combine(flags), "; ".join(parts)
 
 
+def saving(r: MethodResult, budget: float) -> Stat | None:
+    """Share of the budget left when the method first reached the baseline's mean final loss,
+    over the seeds that reached it."""
+    return None if r.to_target is None else Stat(tuple(1 - v / budget for v in r.to_target.values))
+
+
+# ---------------------------------------------------------------- (f), (g) the operator study
+
+OPERATORS = ("G_direct", "G_learn", "G_zero", "G_random")
+ARROW = {"depth": "↑", "width": "→"}
+NOT_RUN = "not run: the operator study's ops-* methods were left out (--methods)"
+
+
+def _study(results: dict[str, MethodResult]) -> tuple[dict[tuple[str, str], Stat], str]:
+    """(operator, direction) → final val loss of the study's finished runs, and a note on what
+    the numbers are. Where any member has a single run (the operators at gstack's LR, or one
+    seed), every member is compared on its seed-1 run, so that no verdict leans on a spread that
+    only some members have."""
+    found = {M.OPERATOR_STUDY[n]: r for n, r in results.items()
+             if n in M.OPERATOR_STUDY and r.final is not None}
+    if not found or all(r.final.n >= 2 for r in found.values()):
+        return {k: r.final for k, r in found.items()}, ""
+    lent = sorted({r.lr_source for r in found.values() if r.lr_source})
+    why = (f"the other operators ran once each at {', '.join(lent)}'s best LR, not searched"
+           if lent else "one seed")
+    return ({k: Stat(r.final.values[:1]) for k, r in found.items()},
+            f" — seed 1 of each ({why}): single runs, not decided beyond a seed spread")
+
+
+def _name(key: tuple[str, str]) -> str:
+    return f"{key[0]} {ARROW[key[1]]}"
+
+
+def claim_f(results: dict[str, MethodResult]) -> tuple[bool | None, str]:
+    """G_direct in depth ends lowest: held when it beats every other finished member beyond the
+    spread; did not hold when any member beats it beyond the spread; else inconclusive."""
+    study, note = _study(results)
+    top = study.get(("G_direct", "depth"))
+    if not any(n in results for n in M.OPERATORS):
+        return None, NOT_RUN
+    if top is None or len(study) < 2:
+        return None, "operator-study runs missing"
+    outcomes = [lower(top, s)[0] for k, s in study.items() if k != ("G_direct", "depth")]
+    ok = False if False in outcomes else True if all(outcomes) else None
+    ranked = sorted(study.items(), key=lambda kv: kv[1].mean)
+    order = ", ".join(f"{_name(k)} {s.fmt()}" for k, s in ranked)
+    beaten = sum(1 for o in outcomes if o is True)
+    missing = f"; {8 - len(study)} of the 8 missing" if len(study) < 8 else ""
+    beyond = "" if note else " beyond the spread"
+    return ok, (f"final val loss, best first: {order}; G_direct ↑ lower{beyond} than "
+                f"{beaten} of {len(outcomes)}{missing}{note}")
+
+
+def claim_g(results: dict[str, MethodResult]) -> tuple[bool | str | None, str]:
+    if not any(n in results for n in M.OPERATORS):
+        return None, NOT_RUN
+    study, note = _study(results)
+    pairs = [(op, study[op, "depth"], study[op, "width"]) for op in OPERATORS
+             if (op, "depth") in study and (op, "width") in study]
+    if not pairs:
+        return None, "no operator ran in both directions"
+    parts, flags = [], []
+    for op, d, w in pairs:
+        ok, margin, width = lower(d, w)
+        flags.append(ok)
+        parts.append(f"{op}: depth vs width {_compare_text(d, w, margin, width)}")
+    return combine(flags), "; ".join(parts) + note
+
+
+def operator_table(results: dict[str, MethodResult], budget: float) -> list:
+    """The operator study as the paper lays it out, operators × directions: mean final val loss
+    and the FLOPs saved in reaching the baseline's mean final loss."""
+    found = {M.OPERATOR_STUDY[n]: r for n, r in results.items() if n in M.OPERATOR_STUDY}
+    if not found:
+        return []
+
+    def cell(key):
+        r = found.get(key)
+        if r is None or r.final is None:
+            return "-"
+        s = saving(r, budget)
+        reach = "never reaches it" if s is None else f"saving {s.fmt(1, 100, '%')}, {r.reached}/{r.n}"
+        return f"{r.final.fmt()} ({reach})"
+
+    body = [[op, cell((op, "depth")), cell((op, "width"))] for op in OPERATORS]
+    return [Paragraph("Operators × directions, as the paper lays the study out: grown 4x in depth "
+                      "(from a quarter of the layers) or in width (every width halved), at "
+                      "Gstack's growth point, every run at the baseline's exact FLOPs; in "
+                      "brackets the FLOPs saved in reaching the baseline's mean final loss and "
+                      "the runs that reached it. G_direct in depth is the gstack method."),
+            Table(["operator", "depth (↑)", "width (→)"], body, "lll")]
+
+
 CLAIMS = [
     ("a", "One Layer stage-1 embeddings beat the baseline's on word similarity (Lee et al.)"),
     ("b", "frozen embedding + head allow a higher LR (Lee et al.)"),
     ("c", "STEP matches the baseline at lower peak memory (Yano et al.)"),
     ("d", "Gstack reaches the baseline's loss with fewer FLOPs (Du et al.)"),
     ("e", "ReLoRA and GaLore trail the baseline (STEP's baselines)"),
+    ("f", "of the eight growth operators, stacking in depth (G_direct ↑) ends lowest at equal "
+          "FLOPs (Du et al.)"),
+    ("g", "each operator does better in depth than in width (Du et al.)"),
 ]
 SIDE_CLAIM = ("a, side run", "claim (a) again with the GPT-2 vocabulary, where the sets have "
               "enough single-token words")
@@ -204,7 +303,7 @@ SIDE_CLAIM = ("a, side run", "claim (a) again with the GPT-2 vocabulary, where t
 
 def check_claims(results: dict[str, MethodResult], budget: float,
                  side: dict | None = None) -> list[tuple[str, str, bool | str | None, str]]:
-    """[(key, claim, verdict, detail)] for (a)–(e), and (a) on the side vocabulary if it ran."""
+    """[(key, claim, verdict, detail)] for (a)–(g), and (a) on the side vocabulary if it ran."""
     base = results["standard"]
     one = results.get("reuse-one-layer-attn")
     found = {
@@ -213,6 +312,8 @@ def check_claims(results: dict[str, MethodResult], budget: float,
         "c": claim_c(results, base),
         "d": claim_d(results.get("gstack"), base, budget),
         "e": claim_e(results, base),
+        "f": claim_f(results),
+        "g": claim_g(results),
     }
     out = [(k, text, *found[k]) for k, text in CLAIMS]
     if side is not None:

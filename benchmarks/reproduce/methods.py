@@ -53,6 +53,10 @@ class Scale:
     evals: int = 8  # validation evaluations per baseline run
     prepare: dict = field(default_factory=dict)  # extra growlm.data.prepare options
     wordsim_side: WordSimSide | None = None
+    # The operator family (but gstack): "searched" — its own LR search and seeds, as every
+    # method; "gstack-lr" — one run each, seed 1, at gstack's best LR, so that seven more
+    # methods cost seven runs rather than a search and seeds each (see `lr_source`)
+    operators: str = "searched"
 
     @property
     def eval_every(self) -> int:
@@ -91,7 +95,8 @@ SCALES = {
     "chinchilla": Scale("chinchilla", d_model=32, n_heads=2, ffn=96, n_layers=8, vocab=512,
                         seq_len=128, batch_tokens=2048, micro_batch=16, steps=1366,
                         eval_tokens=32768, lr=6e-3, eval_limit=100, seeds=3, evals=16,
-                        wordsim_side=WordSimSide("tokenizers/gpt2/tokenizer.json", 50257, 300)),
+                        wordsim_side=WordSimSide("tokenizers/gpt2/tokenizer.json", 50257, 300),
+                        operators="gstack-lr"),
     # one GPU: 35M parameters (24% embedding + head), 33k-token batches, ~16M tokens per run
     "gpu": Scale("gpu", d_model=512, n_heads=8, ffn=1536, n_layers=8, vocab=8192, seq_len=512,
                  batch_tokens=32768, micro_batch=64, steps=500, eval_tokens=262144, lr=1.5e-3,
@@ -106,6 +111,7 @@ class Method:
     family: str = "seeds"  # a key of FAMILIES: the report's section
     sweep_key: str = "optim.lr"  # the LR searched (growlm --set key)
     small: dict | None = None  # reuse: the stage-1 model ({"n_layers", "block", "layer0"})
+    grow: str = ""  # the operator family: the grown stage's grow table, filled from the fields
 
 
 # The report has one section per family. A new family is one entry here and its methods in
@@ -131,11 +137,41 @@ METHODS = [
     Method("relora", "relora", "baselines"),
     Method("galore", "galore", "baselines"),
 ]
+# Gstack's operator study (Du et al. 2024, Section 3): G_learn, G_zero and G_random in depth and
+# all four in width; `gstack` above is G_direct in depth. Each grows at gstack's growth point from
+# a quarter of the final model (a quarter of the layers, or every width halved); LiGO's maps learn
+# for B/36 steps (the paper's 100 steps of a ~45k-step stage are shorter still), and MSG's masks
+# ramp over B/12 steps (the official default of 5000 steps is ~12% of that stage).
+OPERATORS = {  # method name → (operator, direction, grow table)
+    "ops-depth-learn": ("G_learn", "depth", '{{ op = "learn", factor = 4, learn_steps = {learn_steps} }}'),
+    "ops-depth-zero": ("G_zero", "depth", '{{ op = "identity", add = {quarter_rest} }}'),
+    "ops-depth-random": ("G_random", "depth",
+                         '{{ op = "random", add = {quarter_rest}, position = "end", mask_steps = {mask_steps} }}'),
+    "ops-width-direct": ("G_direct", "width", '{{ op = "clone", factor = 2 }}'),
+    "ops-width-learn": ("G_learn", "width", '{{ op = "width_learn", factor = 2, learn_steps = {learn_steps} }}'),
+    "ops-width-zero": ("G_zero", "width", '{{ op = "zero", factor = 2 }}'),
+    "ops-width-random": ("G_random", "width", '{{ op = "width_random", factor = 2, mask_steps = {mask_steps} }}'),
+}
+METHODS += [Method(name, f"ops-{direction}", "operators", grow=grow)
+            for name, (_, direction, grow) in OPERATORS.items()]
+# every member of the study: method name → (operator, direction)
+OPERATOR_STUDY = {"gstack": ("G_direct", "depth"), **{k: v[:2] for k, v in OPERATORS.items()}}
 BASELINE = "standard"
 
 
 def method(name: str) -> Method:
     return next(m for m in METHODS if m.name == name)
+
+
+def lr_source(m: Method, scale: Scale) -> str | None:
+    """The method whose best LR this one runs at, once and with seed 1, instead of searching its
+    own; None for a method with its own search and seeds."""
+    return "gstack" if scale.operators == "gstack-lr" and m.family == "operators" else None
+
+
+def seed_count(m: Method, scale: Scale) -> int:
+    """Seeds the method runs: one at a borrowed LR, else the scale's."""
+    return 1 if lr_source(m, scale) else scale.seeds
 
 
 def lr_value(scale: Scale, k: int) -> str:
@@ -169,6 +205,12 @@ def gstack_growth_steps(scale: Scale) -> tuple[int, dict]:
     return max(1, math.ceil(timing["growth_tokens"] / scale.batch_tokens)), timing
 
 
+def operator_phases(scale: Scale) -> dict:
+    """The grown stage's first phase in the operator study: G_learn's map training (B/36 steps)
+    and G_random's mask ramp (B/12); see OPERATORS."""
+    return {"learn_steps": max(1, scale.steps // 36), "mask_steps": max(1, scale.steps // 12)}
+
+
 def _stage_lengths(template: str, scale: Scale) -> dict:
     B = scale.steps
     if template == "step-2stage":  # growth at 75% of a stage planned over B/2 steps
@@ -177,7 +219,7 @@ def _stage_lengths(template: str, scale: Scale) -> dict:
     if template == "step-3stage":  # each non-final stage 75% of a 4/10 plan
         s = max(1, B * 3 // 10)
         return {"s1": s, "s1_plan": max(s, B * 4 // 10), "s2": s, "s2_plan": max(s, B * 4 // 10)}
-    if template == "gstack":
+    if template in ("gstack", "ops-depth", "ops-width"):  # the operator study grows where gstack does
         # Gstack's official scripts warm up for 3000 of the 5000 steps before the growth
         s1, _ = gstack_growth_steps(scale)
         return {"s1": s1, "s1_warmup": min(max(1, B // 20), max(1, s1 * 3 // 5))}
@@ -202,6 +244,8 @@ def _fields(scale: Scale, name: str, data: Path, n_layers: int | None = None,
         "warmup": max(1, B // 20), "eval_every": scale.eval_every, "eval_tokens": scale.eval_tokens,
         "ckpt_every": max(1, B // 4), "steps": B, "lora_rank": lora_rank(scale),
         "reset": max(2, B // 8), "rewarm": max(1, B // 40), "quarter": n // 4,
+        "quarter_rest": n - n // 4, "half_d": scale.d_model // 2, "half_heads": scale.n_heads // 2,
+        "half_ffn": scale.ffn // 2, **operator_phases(scale),
         "s1": max(1, B // 2), "s1_plan": max(1, B // 2), "s2": B, "s2_plan": B, "total_plan": B,
         "s1_warmup": max(1, B // 20), "last": B,
     }
@@ -240,6 +284,8 @@ def method_recipe(method: Method, scale: Scale, data: Path, target_flops: int,
             shape.append(f"block = \"{method.small['block']}\"")
         fields.update(small_shape="\n".join(shape), layer0=method.small["layer0"],
                       lr_s1=lr_s1 or f"{scale.lr:.3g}")
+    if method.grow:
+        fields["grow"] = method.grow.format(**fields)
     total, stages = _total_flops(render(method.template, fields))
     if len(stages) == 1:
         return render(method.template, fields), {"steps": [fields["steps"]],
@@ -247,7 +293,10 @@ def method_recipe(method: Method, scale: Scale, data: Path, target_flops: int,
     last = stages[-1]
     per_step = last["flops_per_token"]["exact"] * scale.batch_tokens
     before = total - last["flops"]["exact"]
-    fields["last"] = max(1, round((target_flops - before) / per_step))
+    # a learning phase (G_learn) costs other FLOPs per step than the plain model; that difference
+    # does not depend on the stage's length
+    extra = last["flops"]["exact"] - last["steps"] * per_step
+    fields["last"] = max(1, round((target_flops - before - extra) / per_step))
     fields["total_plan"] = sum(s["steps"] for s in stages[:-1]) + fields["last"]
     text = render(method.template, fields)
     total, stages = _total_flops(text)

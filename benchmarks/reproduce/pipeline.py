@@ -5,6 +5,8 @@ Folders under the work folder (every one resumable):
                               lowest validation loss)
   sweeps/<method>/            the method's LR search (search.py), seed 1
   sweeps/<method>-seed<k>/run the best LR again with run.seed = k (k = 2 … scale.seeds)
+                              (a method that borrows another's best LR, methods.lr_source: one
+                              run at that LR in sweeps/<method>/, and no seeds)
   side/shards, sweeps/wordsim-<model>-seed<k>/run
                               claim (a) on the side vocabulary (methods.WordSimSide)
 """
@@ -123,8 +125,23 @@ def task_centre(ctx: Context, m: M.Method) -> None:
 
 
 def task_search(ctx: Context, m: M.Method) -> None:
+    """The method's LR search; for a method that borrows another's LR, its one run at that LR."""
+    from growlm.sweep import run_sweep, variants
+
     text, _ = method_text(ctx, m, stage1_lr(ctx, m, run=False))
-    _search(ctx, m.name, text, m.sweep_key)
+    source = M.lr_source(m, ctx.scale)
+    if source is None:
+        _search(ctx, m.name, text, m.sweep_key)
+        return
+    lr = best_value(S.read_summary(ctx.sweep_dir(source)), M.method(source).sweep_key)
+    if lr is None:
+        raise RuntimeError(f"{m.name}: {source} has no best LR to run at")
+    # that rung of the ladder sweep, so that the run is recorded as a search's runs are
+    values = ctx.ladder()
+    rung = S.rung_of(lr, ctx.scale.lr) - ctx.scale.ladder[0]
+    grid = variants([(m.sweep_key, values)])
+    run_sweep(ctx.recipe(m.name, text), [f"{m.sweep_key}={','.join(values)}"], ctx.sweep_dir(m.name),
+              quiet=True, log=ctx.log, only=[grid[rung]["name"]])
 
 
 def task_seed(ctx: Context, m: M.Method, seed: int) -> None:
@@ -144,7 +161,7 @@ def seed_dirs(ctx: Context, m: M.Method) -> list[Path | None]:
     """Run folders of seeds 1 … n of the method's best LR (None: not run yet)."""
     summary = S.read_summary(ctx.sweep_dir(m.name))
     first = ctx.sweep_dir(m.name) / summary["best"] if summary.get("best") else None
-    rest = [ctx.sweep_dir(f"{m.name}-seed{k}") / "run" for k in range(2, ctx.scale.seeds + 1)]
+    rest = [ctx.sweep_dir(f"{m.name}-seed{k}") / "run" for k in range(2, M.seed_count(m, ctx.scale) + 1)]
     return [first, *(d if _complete(d) else None for d in rest)]
 
 
@@ -209,14 +226,19 @@ def task_side(ctx: Context, which: str, seed: int) -> None:
 
 def outcome(ctx: Context, m: M.Method) -> dict:
     """What the report needs of a method: its searches, best LR, stages and seed runs."""
-    out: dict = {"method": m.name, "family": m.family, "sweeps": []}
+    source = M.lr_source(m, ctx.scale)
+    out: dict = {"method": m.name, "family": m.family, "sweeps": [], "lr_source": source,
+                 "seeds": M.seed_count(m, ctx.scale)}
     lr_s1 = None
     if m.small is not None:
         s1 = S.read_summary(ctx.sweep_dir(f"{m.name}-stage1"))
         lr_s1 = best_value(s1, "optim.lr")
         out["sweeps"].append(_sweep_record("stage 1 (small model alone)", "optim.lr", s1, ctx))
     summary = S.read_summary(ctx.sweep_dir(m.name))
-    out["sweeps"].append(_sweep_record("full run", m.sweep_key, summary, ctx))
+    record = _sweep_record("full run", m.sweep_key, summary, ctx)
+    if source is not None:  # not a search: no bracket to report
+        record.update(edge="borrowed", margin=None, source=source)
+    out["sweeps"].append(record)
     _, out["stages"] = method_text(ctx, m, lr_s1)
     out["lr_s1"] = lr_s1
     out["best_lr"] = best_value(summary, m.sweep_key)

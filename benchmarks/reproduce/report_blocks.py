@@ -19,6 +19,7 @@ def setup_blocks(scale: M.Scale, shards: Path, target: int, outcomes: list[dict]
     sh = open_shards(shards)
     two, three = M.step_split(scale, 2), M.step_split(scale, 3)
     growth, timing = M.gstack_growth_steps(scale)
+    phases = M.operator_phases(scale)
     low, high = scale.ladder
     rows = [[o["method"], str(o["stages"].get("steps")), f"{o['stages'].get('flops_ratio', 1.0):.4f}",
              str(o.get("lr_s1") or "-"), str(o.get("best_lr") or "-")] for o in outcomes]
@@ -40,12 +41,19 @@ def setup_blocks(scale: M.Scale, shards: Path, target: int, outcomes: list[dict]
             f"growlm.plan.step_ip), each non-final stage 75% of its planned schedule (3/8 of a 1/2 "
             f"plan; 3/10 of 4/10 plans); Gstack stacks ×4 after {growth} steps "
             f"({timing['rule']} rule of growlm.plan.gstack: {timing['growth_tokens']:,} tokens), its "
-            f"LR planned over the whole run; ReLoRA's full-rank warm start 1/4.",
+            f"LR planned over the whole run; ReLoRA's full-rank warm start 1/4. The operator study "
+            f"grows at Gstack's point too, from a quarter of the layers (depth) or every width "
+            f"halved (width); G_learn's maps learn for the grown stage's first "
+            f"{phases['learn_steps']} steps (B/36), G_random's masks ramp over "
+            f"{phases['mask_steps']} (B/12).",
             f"LR search (every method, and the reuse methods' small model alone first, keeping its "
             f"lowest validation loss as Lee et al. do): rungs lr0 · 2^k, lr0 = {scale.lr:g}, k from "
-            f"{low} to {high}, walked until the best is bracketed. Every run has the full budget.",
-            f"Seeds: {scale.seeds} for the baseline and each method's best LR (seed 1 is the "
-            f"search's run).",
+            f"{low} to {high}, walked until the best is bracketed. Every run has the full budget."
+            + (" The operator study's other seven methods are not searched: each runs once, seed "
+               "1, at gstack's best LR (its verdicts (f) and (g) are on single runs)."
+               if scale.operators == "gstack-lr" else ""),
+            f"Seeds: {scale.seeds} for the baseline and each searched method's best LR (seed 1 is "
+            f"the search's run).",
             f"Validation loss: {scale.eval_tokens:,} tokens of the validation split every "
             f"{scale.eval_every} steps. Evaluation of seed 1: WikiText-2 test (lm-eval's word "
             f"perplexity) and zero-shot tasks on at most {scale.eval_limit} examples each; word "

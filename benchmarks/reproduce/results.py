@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import methods as M
-from claims import MethodResult, check_claims, verdict
+from claims import MethodResult, check_claims, operator_table, saving, verdict
 from report_blocks import environment_blocks, setup_blocks
 from spread import Stat, stat
 
@@ -37,7 +37,7 @@ def method_results(outcomes: list[dict]) -> tuple[dict[str, MethodResult], dict]
         results[o["method"]] = MethodResult(
             name=o["method"], final=stat(r.final_val_loss for r in seeds),
             to_target=stat(to_target), reached=sum(v is not None for v in to_target), n=len(seeds),
-            best_lr=o.get("best_lr"), search=full,
+            best_lr=o.get("best_lr"), search=full, lr_source=o.get("lr_source"),
             wordsim=[(r.eval_results or {}).get("wordsim") for r in seeds])
     first = {n: rs[0] for n, rs in runs.items() if rs and rs[0] is not None}
     for name, run in first.items():
@@ -52,10 +52,9 @@ def _seed_table(results: dict[str, MethodResult], names: list[str], budget: floa
         r = results[n]
         delta = f"{r.final.mean - base.mean:+.4f}" if r.final and base else "-"
         ftt = r.to_target.fmt(sci=True) if r.to_target else "not reached"
-        saving = (Stat(tuple(1 - v / budget for v in r.to_target.values)).fmt(1, 100, "%")
-                  if r.to_target else "-")
+        saved = saving(r, budget)
         rows.append([n, str(r.n), r.final.fmt() if r.final else "-", delta, ftt,
-                     f"{r.reached}/{r.n}", saving])
+                     f"{r.reached}/{r.n}", saved.fmt(1, 100, "%") if saved else "-"])
     return Table(["method", "seeds", "final val loss: mean (min–max)", "Δ mean vs baseline",
                   "FLOPs to the baseline's mean loss", "seeds reaching it", "saving"], rows,
                  "lrrrrrr")
@@ -68,7 +67,8 @@ def _search_table(outcomes: list[dict], scale: M.Scale) -> Table:
             tried = ", ".join(f"{M.lr_value(scale, int(k))}: {fmt_loss(v)}"
                               for k, v in sw["rungs"].items())
             edge = {None: "bracketed", "low": "**at the low end**", "high": "**at the high end**",
-                    "unfinished": "unfinished"}[sw["edge"]]
+                    "unfinished": "unfinished",
+                    "borrowed": f"not searched: {sw.get('source')}'s best"}[sw["edge"]]
             best = next((v["overrides"][0].split("=", 1)[1] for v in sw["variants"]
                          if v["name"] == sw["best"]), "-")
             margin = "-" if sw["margin"] is None else f"{sw['margin']:.4f}"
@@ -78,6 +78,7 @@ def _search_table(outcomes: list[dict], scale: M.Scale) -> Table:
 
 
 def _family_blocks(results: dict, budget: float) -> list:
+    """A seeds table per family; the operator family's also as the study lays it out."""
     blocks = [Heading("Seeds: mean and spread"),
               Paragraph("Each method's best LR run with every seed (run.seed sets the initial "
                         "weights and the data order). Spread = min–max over the seeds. FLOPs to "
@@ -87,9 +88,11 @@ def _family_blocks(results: dict, budget: float) -> list:
         names = [m.name for m in M.METHODS if m.family == family and m.name in results]
         blocks.append(Heading(title, 3))
         if not names:
-            blocks.append(Paragraph("Not part of this reproduction yet."))
+            blocks.append(Paragraph("Not run: its methods were left out (--methods)."))
             continue
         blocks.append(_seed_table(results, names, budget))
+        if family == "operators":
+            blocks += operator_table(results, budget)
     return blocks
 
 
@@ -118,9 +121,13 @@ def _headline(claims: list, results: dict, scale: M.Scale) -> Paragraph:
     said = "; ".join(f"({k}) {verdict(ok).strip('*')}" for k, _, ok, _ in claims)
     best = sorted((r.final.mean, n) for n, r in results.items() if r.final)
     lead = ", ".join(f"{n} {results[n].final.fmt(3)}" for _, n in best[:3])
+    lent = sorted(n for n, r in results.items() if r.lr_source)
+    seeds = (f"{scale.seeds} seeds per method" if not lent else
+             f"{scale.seeds} seeds per searched method (the operator study's {len(lent)} other "
+             f"operators: one run each at gstack's best LR)")
     return Paragraph(
         f"**Does it pay off?** At {scale.tokens_per_param:.3g} tokens per parameter "
-        f"({scale.params:,} parameters), with {scale.seeds} seeds per method: {said}. Lowest mean "
+        f"({scale.params:,} parameters), with {seeds}: {said}. Lowest mean "
         f"final validation losses: {lead} (baseline {base.fmt() if base else '-'}).")
 
 
@@ -138,7 +145,7 @@ def write_results(outcomes: list[dict], scale: M.Scale, work: Path, shards: Path
     claims = check_claims(results, target, side)
     unfinished = sorted(o["method"] for o in outcomes
                         if any(sw["edge"] == "unfinished" for sw in o["sweeps"])
-                        or results[o["method"]].n < scale.seeds)
+                        or results[o["method"]].n < o["seeds"])
     caveat = (f" **Not every search or seed finished** ({', '.join(unfinished)}): those "
               "methods are represented by what finished." if unfinished else "")
     preface = [_headline(claims, results, scale),
@@ -176,7 +183,7 @@ def _stat_dict(r: MethodResult) -> dict:
         return None if s is None else {"mean": s.mean, "min": s.lo, "max": s.hi, "values": s.values}
 
     return {"n": r.n, "final_val_loss": d(r.final), "flops_to_baseline_loss": d(r.to_target),
-            "reached": r.reached, "best_lr": r.best_lr}
+            "reached": r.reached, "best_lr": r.best_lr, "lr_source": r.lr_source}
 
 
 def _portable(outcome: dict, work: Path) -> dict:

@@ -10,8 +10,10 @@ Steps (each resumable: re-running the command skips what is done):
    byte-level BPE trained on it, its vocabulary sized so that embedding + head are ~23% of the
    final model's parameters, as in the seeds' models;
 2. for each method, an LR search (search.py; the reuse methods first search the small model's
-   LR alone and keep the best, as Lee et al. do), every run at the baseline's exact FLOPs;
-3. the baseline's and each method's best LR again with seeds 2 … n;
+   LR alone and keep the best, as Lee et al. do), every run at the baseline's exact FLOPs; with
+   `--operators gstack-lr` (the chinchilla scale's default) the operator family instead runs
+   once each at gstack's best LR;
+3. the baseline's and each searched method's best LR again with seeds 2 … n;
 4. claim (a) on the GPT-2 vocabulary (a side run), where the scale defines one;
 5. evaluate: WikiText-2 test perplexity and zero-shot tasks of seed 1, word similarity of every
    seed;
@@ -23,6 +25,7 @@ Tasks run in parallel single-threaded processes (tasks.py), `--jobs` at a time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import resource
 import sys
@@ -48,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work", help="runs and shards (default: runs/reproduce-<scale>)")
     p.add_argument("--results", help="report folder (default: benchmarks/reproduce/results/"
                                      "<scale>; smoke: <work>/report)")
+    p.add_argument("--operators", choices=("searched", "gstack-lr"),
+                   help="the operator family: its own LR searches and seeds, or one run each at "
+                        "gstack's best LR (default: the scale's; gstack-lr at chinchilla)")
     p.add_argument("--methods", help="comma-separated subset of: "
                                      + ", ".join(m.name for m in M.METHODS))
     p.add_argument("--report-only", action="store_true",
@@ -98,17 +104,24 @@ def build_tasks(ctx: P.Context, chosen: list[str], child: list[str]) -> list[Tas
     ms = sorted((m for m in M.METHODS if m.name in chosen), key=lambda m: m.small is None)
     side = (ctx.scale.wordsim_side is not None
             and all(n in chosen for n in P.SIDE_MODELS.values()))
-    seeds = range(2, ctx.scale.seeds + 1)
+    source = {m.name: M.lr_source(m, ctx.scale) for m in ms}
+    searched = [m for m in ms if source[m.name] is None]
+
+    def seeds(m):
+        return range(2, M.seed_count(m, ctx.scale) + 1)
+
     names: list[tuple[str, tuple[str, ...]]] = [("prepare-side", ())] if side else []
-    centre = tuple(f"centre:{m.name}" for m in ms)
+    centre = tuple(f"centre:{m.name}" for m in searched)
     names += [(c, ()) for c in centre]
-    names += [(f"search:{m.name}", centre) for m in ms]
-    names += [(f"seed{k}:{m.name}", (f"search:{m.name}",)) for m in ms for k in seeds]
+    names += [(f"search:{m.name}", centre) for m in searched]
+    # a borrowed LR: one run, once the search it borrows from has finished
+    names += [(f"search:{m.name}", (f"search:{source[m.name]}",)) for m in ms if source[m.name]]
+    names += [(f"seed{k}:{m.name}", (f"search:{m.name}",)) for m in ms for k in seeds(m)]
     if side:
         first = {"standard": "search:standard", "one-layer": "centre:reuse-one-layer-attn"}
         names += [(f"side:{which}:seed{k}", ("prepare-side", first[which]))
                   for k in range(1, ctx.scale.seeds + 1) for which in P.SIDE_MODELS]
-    names += [(f"eval:{m.name}", (f"search:{m.name}", *(f"seed{k}:{m.name}" for k in seeds)))
+    names += [(f"eval:{m.name}", (f"search:{m.name}", *(f"seed{k}:{m.name}" for k in seeds(m))))
               for m in ms]
     return [Task(n, after, [*child, "--task", n]) for n, after in names]
 
@@ -148,6 +161,8 @@ def _cpu() -> float:
 def main(argv=None) -> int:
     args = parse_args(argv)
     scale = M.SCALES[args.scale]
+    if args.operators:
+        scale = dataclasses.replace(scale, operators=args.operators)
     data_dir = find_data(args.data_dir)
     work = Path(args.work or f"runs/reproduce-{scale.name}").resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -163,6 +178,10 @@ def main(argv=None) -> int:
     if unknown or M.BASELINE not in chosen:
         sys.exit(f"--methods: unknown {sorted(unknown)}" if unknown
                  else "--methods must include standard (the baseline)")
+    lenders = {M.lr_source(M.method(n), scale) for n in chosen} - {None} - set(chosen)
+    if lenders:
+        sys.exit(f"--methods must include {', '.join(sorted(lenders))}: at the {scale.name} scale "
+                 f"the operator family runs at its best LR (or pass --operators searched)")
     import torch
 
     jobs = args.jobs or (1 if torch.cuda.is_available() else os.cpu_count() or 1)
@@ -180,7 +199,8 @@ def main(argv=None) -> int:
     log(f"every method runs at {target:.3e} FLOPs (exact count), the baseline's")
     if not args.report_only:
         child = [sys.executable, str(Path(__file__).resolve()), "--scale", scale.name, "--work",
-                 str(work), "--data-dir", str(data_dir), "--threads", str(threads)]
+                 str(work), "--data-dir", str(data_dir), "--threads", str(threads),
+                 "--operators", scale.operators]
         tasks = build_tasks(ctx, chosen, child)
         if jobs == 1:
             run_in_process(ctx, tasks, progress)

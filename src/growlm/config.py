@@ -19,12 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from growlm.errors import GrowlmError
 from growlm.grow.checks import GROW_OPS
-from growlm.model.config import ModelConfig
+from growlm.model.config import ModelConfig, Settings
+from growlm.recipe_library import resolve_recipe
 from growlm.units import parse_bytes, parse_count
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take it; stage seeds derive from it
@@ -35,7 +36,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class _Strict(BaseModel):
+class _Strict(Settings):
     # inf and nan are never a setting: refuse them in every float of every section
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -67,6 +68,11 @@ class RunSection(_Strict):
     # Multi-process runs (torchrun): how the model is replicated or sharded across ranks.
     distributed: Literal["none", "ddp", "fsdp"] = "ddp"
     activation_checkpointing: bool = False  # recompute each block's activations in backward
+    # Peak memory measured (growlm.memory_probe) over the first `memory_probe_steps` steps of
+    # each stage (and of a resumed one) and every `memory_probe_every`-th step; 0 turns either
+    # off. On CPU a probed step costs a garbage collection and the profiler's bookkeeping.
+    memory_probe_steps: int = Field(2, ge=0)
+    memory_probe_every: int = Field(0, ge=0)
     dist_timeout_s: int = Field(600, gt=0)  # a collective waiting longer than this fails the run
 
     @field_validator("name")
@@ -210,12 +216,21 @@ class GrowSpec(_Strict):
     add: int | None = Field(None, gt=0)  # depth ops that insert layers
     factor: int | None = Field(None, gt=1)  # stack / duplicate / width factor
     sources: list[int] | None = None  # partial stacking: explicit source layer per target
-    position: Literal["even", "top"] = "even"  # where interpolate/identity/random put new layers
+    # where interpolate/identity/random put new layers; "end": all above the old ones (MSG)
+    position: Literal["even", "top", "end"] = "even"
     d_model: int | None = Field(None, gt=0)  # width target
     ffn_dim: int | None = Field(None, gt=0)
     n_heads: int | None = Field(None, gt=0)
     n_kv_heads: int | None = Field(None, gt=0)
     layer0: Literal["none", "attn", "ffn", "attn_ffn"] = "none"  # reuse: copy stage-1 layer 0 parts
+    # learn / width_learn (Gstack's G_learn, LiGO): optimizer steps spent training the growth
+    # maps at the start of the stage (part of the stage's steps), and their learning rate
+    # (default: the stage's peak LR)
+    learn_steps: int = Field(100, gt=0)
+    learn_lr: float | None = Field(None, gt=0)
+    # random / width_random (Gstack's G_random with MSG's masks): steps over which the new
+    # structures' mask ramps linearly from 0 to 1 (part of the stage's steps); unset: no mask
+    mask_steps: int | None = Field(None, gt=0)
 
 
 class AdapterSpec(_Strict):
@@ -452,5 +467,8 @@ def _inherit_init_settings(cfg: RunConfig, source: str) -> None:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    data = apply_overrides(load_toml(path), overrides or [])
+    """A recipe file, or a recipe of growlm's library by name ("tiny/step-2stage"; see
+    `growlm.recipe_library.resolve_recipe`), with `--set` overrides applied and validated.
+    Messages name the recipe as it was given."""
+    data = apply_overrides(load_toml(resolve_recipe(path)), overrides or [])
     return config_from_dict(data, str(path))

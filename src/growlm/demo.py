@@ -7,7 +7,6 @@ installation), trains a tiny standard baseline and a tiny staged run (Gstack-sty
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 COMMON = """\
@@ -63,6 +62,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="growlm-demo", help="output folder (default: ./growlm-demo)")
     parser.add_argument("--steps", type=int, default=150, help="optimizer steps per run (default 150)")
     parser.add_argument("--corpus-size", default="3MB", help="how much of the built-in corpus to use")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or stage logs")
 
 
 def write_recipes(out: Path, data: Path, vocab: int, steps: int) -> dict[str, Path]:
@@ -84,20 +84,23 @@ def run(args) -> int:
     from growlm.data import prepare
     from growlm.errors import GrowlmError
     from growlm.eval.scheduled import benchmark_hooks
+    from growlm.files import atomic_write_json, check_output_dir
     from growlm.train.trainer import Trainer
 
     if args.steps < 5:
         raise GrowlmError(f"--steps must be at least 5, got {args.steps}")
-    out = Path(args.out)
+    out = check_output_dir(args.out, "--out")
     data = out / "data"
     print(f"[1/3] preparing the built-in corpus → {data}")
-    shards = prepare(data, [f"builtin:python:{args.corpus_size}"], train_vocab=2048, val_fraction=0.05)
+    shards = prepare(data, [f"builtin:python:{args.corpus_size}"], train_vocab=2048, val_fraction=0.05,
+                     progress=not args.quiet)
     summaries = {}
     for i, (name, recipe) in enumerate(write_recipes(out, data, shards.vocab_size, args.steps).items()):
         print(f"[{i + 2}/3] training {name} ({recipe})")
         cfg = load_recipe(recipe)
         resume = bool(ckpt.list_checkpoints(cfg.out_dir / "checkpoints"))
-        summaries[name] = Trainer(cfg, resume=resume, hooks=benchmark_hooks(cfg)).run()
+        summaries[name] = Trainer(cfg, resume=resume, quiet=args.quiet,
+                                  hooks=benchmark_hooks(cfg)).run()
     from growlm.report import format_table, write_report
 
     runs = [out / "runs" / name for name in summaries]
@@ -107,5 +110,5 @@ def run(args) -> int:
     print(f"\nreport (markdown, HTML and plots): {report}")
     print(f"runs, metrics.jsonl and checkpoints: {out / 'runs'}; export one with: "
           f"growlm export {out / 'runs' / 'staged'} hf-model/")
-    (out / "summary.json").write_text(json.dumps(summaries, indent=1))
+    atomic_write_json(out / "summary.json", summaries)
     return 0

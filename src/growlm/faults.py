@@ -13,12 +13,13 @@ _fault_hits: dict[str, int] = {}
 
 
 def fault(point: str) -> None:
-    """Test hook: GROWLM_FAULT=<point>[:N[:kill]] ends the process the N-th time it passes
-    here (only the rank GROWLM_FAULT_RANK when that is set): os._exit(17), or SIGKILL with
-    ":kill". Points: train_step (after backward, before the optimizer step), relora_merge
-    (before a ReLoRA merge-and-reset), checkpoint_mid_write, checkpoint_before_rename,
-    checkpoint_prune (an old checkpoint renamed aside, not yet deleted), stage_boundary (right
-    after a stage's boundary checkpoint)."""
+    """Test hook: GROWLM_FAULT=<point>[:N[:kill|term]] ends the process the N-th time it
+    passes here (only the rank GROWLM_FAULT_RANK when that is set): os._exit(17), SIGKILL with
+    ":kill", or, with ":term", a SIGTERM to itself after which it goes on as after a real one
+    (the trainer stops at its next chance). Points: train_step (after backward, before the
+    optimizer step), relora_merge (before a ReLoRA merge-and-reset), checkpoint_mid_write,
+    checkpoint_before_rename, checkpoint_prune (an old checkpoint renamed aside, not yet
+    deleted), stage_boundary (right after a stage's boundary checkpoint)."""
     spec = os.environ.get("GROWLM_FAULT")
     if not spec:
         return
@@ -32,4 +33,7 @@ def fault(point: str) -> None:
         if _fault_hits[point] == int(nth or 1):
             if how == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if how == "term":
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
             os._exit(17)

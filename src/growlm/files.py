@@ -53,6 +53,31 @@ def check_output_dir(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
+def check_output_file(path: str | os.PathLike, what: str) -> Path:
+    """Refuse an output file that cannot be written: an empty path, a NUL byte, an existing
+    folder at the path, or a regular file among its parents. Nothing is created, so a command
+    checks its outputs before it does any work."""
+    p = check_path(path, what)
+    if p.is_dir():
+        raise GrowlmError(f"{what}: {p} is a folder; give a file name")
+    check_output_dir(p.parent, what)
+    return p
+
+
+def check_apart(out: str | os.PathLike, inputs, what: str) -> None:
+    """Refuse an output folder that is one of the `inputs`, lies inside one, or holds one:
+    replacing it (--overwrite) would delete what the command reads. Symlinks are resolved."""
+    target = Path(out).resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if target == source:
+            raise GrowlmError(f"{what}: {out} is the input {given} itself; write somewhere else")
+        if source in target.parents:
+            raise GrowlmError(f"{what}: {out} lies inside the input {given}; write somewhere else")
+        if target in source.parents:
+            raise GrowlmError(f"{what}: {out} holds the input {given}; write somewhere else")
+
+
 def errno_of(exc: BaseException) -> int | None:
     """The OS error number behind a write failure from Python, safetensors or torch.save."""
     if isinstance(exc, OSError) and exc.errno:

@@ -32,6 +32,10 @@ def read_sweep_file(path: Path) -> dict | None:
         raise GrowlmError(f"{path}: unreadable sweep file") from None
     if not isinstance(data, dict) or not isinstance(data.get("variants", []), list):
         raise GrowlmError(f"{path}: not a growlm sweep file (no variants list)")
+    for i, entry in enumerate(data.get("variants", []), 1):
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                and isinstance(entry.get("status"), str)):
+            raise GrowlmError(f"{path}: variants.{i} is not a variant record (needs name and status)")
     return data
 
 

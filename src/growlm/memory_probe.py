@@ -80,11 +80,13 @@ def live_tensor_bytes(device_type: str = "cpu") -> int:
             continue
         try:
             storage = obj.untyped_storage()
+            if storage.device.type != device_type or storage.nbytes() == 0:
+                continue
+            ptr = storage.data_ptr()
         except (RuntimeError, NotImplementedError, TypeError):
-            continue  # wrapper subclasses (DTensor) own no storage; their local shard is counted
-        if storage.device.type != device_type or storage.nbytes() == 0:
+            # wrapper subclasses (DTensor) own no storage (their local shard is counted); the
+            # tensors torch.compile's tracing leaves behind refuse their data pointer
             continue
-        ptr = storage.data_ptr()
         storages[ptr] = max(storages.get(ptr, 0), storage.nbytes())
     return sum(storages.values())
 

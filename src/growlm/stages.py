@@ -69,7 +69,7 @@ def _grown_shape(prev: ModelConfig, base: ModelConfig, spec, where: str) -> dict
     n = prev.n_layers
     shape: dict = {}
     if g.op in DEPTH_OPS:
-        if g.op in ("stack", "duplicate"):
+        if g.op in ("stack", "duplicate", "learn"):
             if g.sources is not None:
                 if g.op != "stack":
                     raise GrowlmError(f"{where}.grow.sources: only 'stack' takes a source list")
@@ -88,7 +88,7 @@ def _grown_shape(prev: ModelConfig, base: ModelConfig, spec, where: str) -> dict
                 shape["n_layers"] = n + g.add
             elif spec.n_layers is None:
                 raise GrowlmError(f"{where}.grow: '{g.op}' needs add or the stage's n_layers")
-        if n == 0 and g.op in ("stack", "duplicate", "interpolate"):
+        if n == 0 and g.op in ("stack", "duplicate", "interpolate", "learn"):
             raise GrowlmError(f"{where}.grow: '{g.op}' needs a source with at least one layer")
     elif g.op in WIDTH_OPS:
         for key in ("d_model", "ffn_dim", "n_heads", "n_kv_heads"):
@@ -158,6 +158,23 @@ def _check_init_shape(init: str, model: ModelConfig, where: str) -> None:
         raise GrowlmError(f"{where}.init: {init} has another shape than the stage "
                           f"({', '.join(diff) or 'parameter shapes differ'}); grow it with a grow op or "
                           "give the stage the source's shape")
+
+
+def _check_growth_phase(spec, steps: int, where: str) -> None:
+    """A learning phase (learn ops) or mask ramp (mask_steps) runs inside the stage's steps."""
+    from growlm.grow.checks import LEARN_OPS
+
+    g = spec.grow
+    if g.op in LEARN_OPS:
+        if g.learn_steps > steps:
+            raise GrowlmError(f"{where}.grow.learn_steps: the learning phase ({g.learn_steps} steps) is "
+                              f"longer than the stage ({steps} steps); it runs inside the stage's steps")
+        if spec.adapters is not None:
+            raise GrowlmError(f"{where}.adapters: '{g.op}' trains its growth maps on the plain model; "
+                              "adapters cannot be combined with it (remove adapters, or grow with another op)")
+    if g.mask_steps is not None and g.mask_steps > steps:
+        raise GrowlmError(f"{where}.grow.mask_steps: the mask ramp ({g.mask_steps} steps) is longer than "
+                          f"the stage ({steps} steps); the masks must reach 1 within the stage")
 
 
 def _adapter_schedule(spec, steps: int, where: str) -> tuple[int | None, int]:
@@ -239,6 +256,8 @@ def resolve_stages(cfg, source: str = "recipe") -> list[ResolvedStage]:
             nxt = cfg.stage[i + 1] if i + 1 < len(cfg.stage) else None
             auto = _auto_tokens(spec, nxt, base, where)
         steps, horizon = _stage_length(spec, tokens_per_step, where, auto)
+        if spec.grow is not None:
+            _check_growth_phase(spec, steps, where)
         reset_every, rewarmup = _adapter_schedule(spec.adapters, steps, where)
         stage = ResolvedStage(
             index=i,

@@ -18,13 +18,14 @@ import argparse
 import itertools
 import json
 import math
-import os
 import re
 import sys
 from pathlib import Path
 
 from growlm.errors import GrowlmError
 from growlm.init_source import SWEEP_FILE, best_variant, read_sweep_file
+
+SWEEP_OWNS = ("run.name", "run.out_dir")  # set by the sweep for every variant
 
 # ---------------------------------------------------------------- the grid
 
@@ -60,6 +61,9 @@ def parse_grid(items: list[str]) -> tuple[list[str], list[tuple[str, list[str]]]
         key, raw = (s.strip() for s in item.split("=", 1))
         if not key:
             raise GrowlmError(f"--set {item!r}: empty key")
+        if key in SWEEP_OWNS:  # honoured or refused: the sweep names and places every variant
+            raise GrowlmError(f"--set {key}: the sweep sets {key} for each variant (<run.name>-<variant> "
+                              "under --out); set it in the recipe, or use --out")
         if key in [k for k, _ in axes] or any(f.split("=", 1)[0] == key for f in fixed):
             raise GrowlmError(f"--set {key}: given twice; list all its values in one --set")
         values = split_values(raw)
@@ -93,9 +97,38 @@ def variants(axes: list[tuple[str, list[str]]]) -> list[dict]:
 # ---------------------------------------------------------------- running
 
 def _write_sweep(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from growlm.files import atomic_write_json
+
+    atomic_write_json(path, data)
+
+
+def _variant_config(recipe, fixed: list[str], entry: dict, base_name: str, run_dir: Path):
+    from growlm.config import load_recipe
+
+    name = f"{base_name}-{entry['name']}"
+    return load_recipe(recipe, [*fixed, *entry["overrides"], f"run.out_dir={json.dumps(run_dir.as_posix())}",
+                                f"run.name={json.dumps(name)}"])
+
+
+def _check_folder(out_dir: Path, grid: list[dict], configs: dict, previous: dict) -> None:
+    """Refuse a sweep folder that holds another sweep: variants this grid does not have (its
+    sweep.json would lose them), or a variant folder trained with other settings (it would be
+    skipped as finished, or resumed, under this grid's name)."""
+    from growlm.files import read_json
+    from growlm.train.trainer import stages_fingerprint
+
+    names = {v["name"] for v in grid}
+    other = sorted(set(previous) - names)
+    if other:
+        raise GrowlmError(f"{out_dir} holds another sweep (its variant {other[0]} is not in this grid); "
+                          "use another --out, or give a grid that includes its values")
+    for name, cfg in configs.items():
+        run_file = out_dir / name / "run.json"
+        if run_file.is_file():
+            recorded = read_json(run_file, "run record").get("fingerprint")
+            if recorded != stages_fingerprint(cfg):
+                raise GrowlmError(f"{out_dir / name}: this variant was trained with other settings "
+                                  "(recipe or fixed --set values); use another --out")
 
 
 def _variant_state(run_dir: Path) -> dict:
@@ -130,15 +163,25 @@ def run_sweep(recipe: str | Path, sets: list[str], out: str | Path | None = None
     from growlm import checkpoint as ckpt
     from growlm.config import load_recipe
     from growlm.eval.scheduled import benchmark_hooks
-    from growlm.train.trainer import Trainer
+    from growlm.files import check_output_dir
+    from growlm.train.trainer import Stopped, Trainer
 
     fixed, axes = parse_grid(sets)
     grid = variants(axes)
     base_cfg = load_recipe(recipe, fixed)  # refuse a bad recipe or fixed value before any run
-    out_dir = Path(out or f"runs/sweep-{base_cfg.run.name}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_output_dir(f"runs/sweep-{base_cfg.run.name}" if out is None else out, "sweep folder")
+    # every variant is checked before the first one trains: a bad value in the last must not
+    # cost the runs before it
+    configs = {v["name"]: _variant_config(recipe, fixed, v, base_cfg.run.name, out_dir / v["name"])
+               for v in grid}
     sweep_path = out_dir / SWEEP_FILE
     previous = {e["name"]: e for e in (read_sweep_file(sweep_path) or {}).get("variants", [])}
+    _check_folder(out_dir, grid, configs, previous)
+    unknown = sorted(set(only or []) - {v["name"] for v in grid})
+    if unknown:
+        raise GrowlmError(f"sweep: no variant named {unknown[0]!r}; the grid has "
+                          f"{', '.join(v['name'] for v in grid)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
     summary = {"format": "growlm-sweep", "version": 1, "recipe": str(recipe), "fixed": fixed,
                "grid": {k: v for k, v in axes}, "metric": "final validation loss (lower is better)",
                "variants": [], "best": None}
@@ -148,10 +191,6 @@ def run_sweep(recipe: str | Path, sets: list[str], out: str | Path | None = None
         if previous.get(v["name"], {}).get("status") == "failed":
             entry = {**previous[v["name"]], "name": v["name"], "overrides": v["overrides"]}
         summary["variants"].append(entry)
-    unknown = sorted(set(only or []) - {v["name"] for v in grid})
-    if unknown:
-        raise GrowlmError(f"sweep: no variant named {unknown[0]!r}; the grid has "
-                          f"{', '.join(v['name'] for v in grid)}")
     for entry in summary["variants"]:
         if entry["status"] in ("complete", "failed"):
             log(f"sweep: {entry['name']}: {entry['status']}, skipped")
@@ -159,15 +198,15 @@ def run_sweep(recipe: str | Path, sets: list[str], out: str | Path | None = None
         if only is not None and entry["name"] not in only:
             continue
         run_dir = out_dir / entry["name"]
-        run_name = f"{base_cfg.run.name}-{entry['name']}"
-        overrides = [*fixed, *entry["overrides"], f"run.out_dir={json.dumps(run_dir.as_posix())}",
-                     f"run.name={json.dumps(run_name)}"]
-        cfg = load_recipe(recipe, overrides)
+        cfg = configs[entry["name"]]
         resume = bool(ckpt.list_checkpoints(run_dir / "checkpoints"))
         log(f"sweep: {entry['name']}: {'resuming' if resume else 'starting'} ({run_dir})")
         _write_sweep(sweep_path, {**summary, "best": best_variant(summary["variants"])})
         try:
-            Trainer(cfg, resume=resume, quiet=quiet, hooks=benchmark_hooks(cfg)).run()
+            trainer = Trainer(cfg, resume=resume, quiet=quiet, hooks=benchmark_hooks(cfg))
+            trainer.run()
+            if trainer.stop_signal is not None:  # a signal during the variant's last checkpoint
+                raise Stopped(trainer.stop_signal, trainer.counters.global_step)
         except GrowlmError as e:
             if "diverged" not in str(e):
                 raise
@@ -198,7 +237,8 @@ def format_sweep(summary: dict) -> str:
 # ---------------------------------------------------------------- CLI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="TOML recipe")
+    parser.add_argument("recipe", help="TOML recipe file, or a library name such as "
+                        "tiny/step-2stage (growlm recipes list)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=V1,V2,...",
                         help="a grid axis (several values) or a fixed override (one value), "
                              "e.g. --set stage.2.lr=1e-3,3e-3,1e-2")
@@ -207,12 +247,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from growlm.files import check_path
     from growlm.train.trainer import Stopped
 
+    out = None if args.out is None else check_path(args.out, "--out")
     try:
-        summary = run_sweep(args.recipe, args.sets, args.out, quiet=args.quiet)
+        summary = run_sweep(args.recipe, args.sets, out, quiet=args.quiet)
     except Stopped as e:
         print(f"growlm sweep: {e}; run the same growlm sweep command to continue", file=sys.stderr)
         return e.exit_code
     print(format_sweep(summary))
+    failed = [e for e in summary["variants"] if e["status"] == "failed"]
+    if failed and len(failed) == len(summary["variants"]):
+        raise GrowlmError(f"every variant failed ({failed[0]['name']}: {failed[0].get('error')}); "
+                          "no run to pick")
     return 0

@@ -14,32 +14,12 @@ import torch
 
 from growlm.cli import main as cli_main
 from growlm.config import load_recipe
+from growlm.recipe_library import library_root
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("growlm.train.trainer")
 
-HF = Path(__file__).resolve().parents[2] / "recipes" / "hf"
-# config.json of the public models the paper-scale recipes start from (values from their hub
-# pages; only what growlm reads)
-PUBLIC = {
-    "Mistral-7B-v0.3": {"model_type": "mistral", "architectures": ["MistralForCausalLM"],
-                        "vocab_size": 32768, "hidden_size": 4096, "intermediate_size": 14336,
-                        "num_hidden_layers": 32, "num_attention_heads": 32,
-                        "num_key_value_heads": 8, "max_position_embeddings": 32768,
-                        "rope_theta": 1000000.0, "rms_norm_eps": 1e-5, "sliding_window": None,
-                        "tie_word_embeddings": False},
-    "Llama-2-7b-hf": {"model_type": "llama", "architectures": ["LlamaForCausalLM"],
-                      "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
-                      "num_hidden_layers": 32, "num_attention_heads": 32,
-                      "num_key_value_heads": 32, "max_position_embeddings": 4096,
-                      "rms_norm_eps": 1e-5, "rope_scaling": None, "tie_word_embeddings": False},
-    "Qwen2.5-0.5B": {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"],
-                     "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864,
-                     "num_hidden_layers": 24, "num_attention_heads": 14,
-                     "num_key_value_heads": 2, "max_position_embeddings": 32768,
-                     "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "use_sliding_window": False,
-                     "sliding_window": 32768, "max_window_layers": 24, "tie_word_embeddings": True},
-}
+HF = library_root() / "hf"
 # recipe: (public model, final depth, total parameters, trainable parameters in the stage)
 PAPER = {
     "solar-10.7b.toml": ("Mistral-7B-v0.3", 48, 10.7e9, "all"),
@@ -48,23 +28,13 @@ PAPER = {
 }
 
 
-def _config_folder(tmp_path: Path, name: str) -> Path:
-    import json
-
-    folder = tmp_path / name
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(PUBLIC[name]))
-    return folder
-
-
 @pytest.mark.parametrize("recipe", PAPER)
-def test_paper_scale_recipes_resolve_and_plan(recipe, tmp_path):
+def test_paper_scale_recipes_resolve_and_plan(recipe, hf_init, hf_public):
     from growlm.stages import resolve_stages
     from growlm.train.plan import plan_recipe
 
     model, depth, params, trainable = PAPER[recipe]
-    folder = _config_folder(tmp_path, model)
-    cfg = load_recipe(HF / recipe, [f"stage.1.init={folder}"])
+    cfg = load_recipe(HF / recipe, hf_init(HF / recipe))
     (stage,) = resolve_stages(cfg)
     assert stage.model.n_layers == depth
     assert stage.model.params_total == pytest.approx(params, rel=0.01)
@@ -73,7 +43,7 @@ def test_paper_scale_recipes_resolve_and_plan(recipe, tmp_path):
     entry = plan_recipe(cfg)["stages"][0]
     counts = entry["params"]
     per_layer = stage.model.params_per_layer
-    new = depth - PUBLIC[model]["num_hidden_layers"]
+    new = depth - hf_public[model]["num_hidden_layers"]
     if trainable == "all":
         assert counts["frozen"] == 0
     else:  # LLaMA Pro and STEP: only the new layers (and STEP's adapters) train

@@ -51,6 +51,25 @@ def test_recipe_plan_writes_json_and_chart(tmp_path, capsys):
     assert code == 0 and "baseline" in out and "same tokens" in out
 
 
+def test_recipe_plan_says_its_memory_precision(tmp_path, capsys):
+    path = tmp_path / "r.toml"
+    path.write_text(TINY.format(layers=4))
+    code, out, _ = run(capsys, "plan", str(path), "--out", str(tmp_path / "o"), "--no-chart")
+    assert code == 0 and "memory estimated in bf16-mixed: bf16 weights" in out
+    code, out, _ = run(capsys, "plan", str(path), "--out", str(tmp_path / "o"), "--no-chart", "--json",
+                       "--precision", "fp32")
+    plan = json.loads(out)
+    assert plan["memory_precision"]["name"] == "fp32"
+    assert all(s["memory"]["precision"] == "fp32" for s in plan["stages"])
+    code, out, _ = run(capsys, "plan", str(path), "--out", str(tmp_path / "o"), "--no-chart", "--json",
+                       "--precision", "run")
+    import torch
+
+    as_run = "bf16-autocast" if torch.cuda.is_available() else "fp32"  # run.device = "auto"
+    assert json.loads(out)["memory_precision"]["name"] == as_run
+    assert plan["stages"][1]["as_run"]["precision"] == as_run
+
+
 def test_recipe_whose_stages_do_not_reach_the_final_depth(tmp_path, capsys):
     path = tmp_path / "r.toml"
     path.write_text(TINY.format(layers=6))  # 2 layers stacked ×2 = 4, not 6
@@ -135,3 +154,40 @@ def test_gstack(capsys):
     assert code == 2 and "parameter count" in err
     code, _, err = run(capsys, "plan", "gstack", "--params", "1B", "--tokens", "1B", "--flops", "x")
     assert code == 2 and "--flops" in err
+
+
+@pytest.mark.parametrize("form", [
+    ["step", "--layers", "24", "--stages", "3", "--d-model", "2048", "--adapter-rank", "128"],
+    ["gstack", "--params", "7e9", "--tokens", "2e12"],
+    ["RECIPE"],
+])
+def test_json_file_holds_what_json_alone_prints(tmp_path, capsys, form):
+    """--json [FILE], as in every command: alone, the JSON on stdout and nothing else; with
+    FILE, the same JSON in FILE and the usual text on stdout."""
+    if form == ["RECIPE"]:
+        path = tmp_path / "r.toml"
+        path.write_text(TINY.format(layers=4))
+        form = [str(path), "--out", str(tmp_path / "o"), "--no-chart"]
+    code, printed, _ = run(capsys, "plan", *form, "--json")
+    assert code == 0
+    alone = json.loads(printed)
+    target = tmp_path / "sub" / "plan-copy.json"
+    target.parent.mkdir()
+    code, text, _ = run(capsys, "plan", *form, "--json", str(target))
+    assert code == 0 and json.loads(target.read_text()) == alone
+    assert text.strip() and not text.lstrip().startswith("{")
+    assert not [p for p in target.parent.iterdir() if p != target]  # no temporary left
+
+
+@pytest.mark.parametrize("bad, message", [("FOLDER", "is a folder"), ("FILE/x.json", "is a file")])
+def test_json_file_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, bad,
+                                                                      message):
+    (tmp_path / "FOLDER").mkdir()
+    (tmp_path / "FILE").write_text("x")
+    path = tmp_path / "r.toml"
+    path.write_text(TINY.format(layers=4))
+    for form in (["gstack", "--params", "7e9", "--tokens", "2e12"],
+                 [str(path), "--out", str(tmp_path / "o")]):
+        code, out, err = run(capsys, "plan", *form, "--json", str(tmp_path / bad))
+        assert code == 2 and message in err and "--json" in err and out == ""
+    assert not (tmp_path / "o").exists()  # the recipe's plan was not even written

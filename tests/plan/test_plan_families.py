@@ -16,6 +16,7 @@ from growlm.model.llama import Transformer, cross_entropy
 from growlm.plan.flops import count_flops
 from growlm.plan.layout import Trainability, parameter_names
 from growlm.plan.memory import activation_bytes, adapter_params_by_linear, param_counts
+from growlm.plan.precision import FP32
 
 T = 16
 BASE = ModelConfig(vocab_size=96, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, max_seq_len=64)
@@ -122,13 +123,13 @@ def test_activation_estimate_tracks_what_autograd_keeps(name):
     cfg = CONFIGS[name]
     for frozen in (set(), {"embed_tokens.weight", "lm_head.weight"} | _layer(cfg, 0)):
         measured = _saved_bytes(cfg, frozen, 4, 64)
-        estimate = activation_bytes(cfg, 4, 64, frozen, bytes_per_activation=4)
+        estimate = activation_bytes(cfg, 4, 64, frozen, precision=FP32)
         assert 0.8 < estimate / measured < 1.25, (frozen, estimate, measured)
 
 
 def test_q_k_norm_inputs_are_counted():
     plain = QWEN3.with_(model_type="mistral", qk_norm=False, qkv_bias=False, o_bias=False)
     u = 4 * 2 * 64  # fp32, batch 2, seq 64
-    extra = activation_bytes(QWEN3, 2, 64, set(), bytes_per_activation=4) \
-        - activation_bytes(plain, 2, 64, set(), bytes_per_activation=4)
+    extra = activation_bytes(QWEN3, 2, 64, set(), precision=FP32) \
+        - activation_bytes(plain, 2, 64, set(), precision=FP32)
     assert extra == u * (QWEN3.q_dim + QWEN3.kv_dim) * QWEN3.n_layers  # q, k before the norms

@@ -80,8 +80,17 @@ def test_step_recipe_plan(tmp_path):
     assert s3["params"]["adapter"] == 4 * r * (4 * 2 * d + 3 * (d + f))
     for s in plan["stages"]:
         p = s["params"]
-        assert s["memory"]["model_state_bytes"] == model_state_bytes(p["trainable"], p["frozen"], p["adapter"])
-        assert s["memory"]["total_bytes"] == s["memory"]["model_state_bytes"] + s["memory"]["activation_bytes"]
+        mem = s["memory"]
+        assert mem["precision"] == "bf16-mixed"  # the papers' accounting by default
+        assert mem["model_state_bytes"] == model_state_bytes(p["trainable"], p["frozen"], p["adapter"])
+        # the step's peak: above the model state (the optimizer step alone holds all of it),
+        # lower with checkpointing; the plan says when in the step it happens
+        assert mem["model_state_bytes"] < mem["total_bytes"]
+        assert mem["total_bytes_checkpointed"] < mem["total_bytes"] == mem["peak_estimated_bytes"]
+        assert mem["peak_moment"].startswith(("loss", "backward", "optimizer"))
+        # the run's own estimate, for its device (CPU here): fp32 storage
+        assert s["as_run"]["precision"] == "fp32" and s["as_run"]["device"] == "cpu"
+        assert s["as_run"]["model_state_bytes"] > mem["model_state_bytes"] or not p["frozen"]
         assert s["flops"]["exact"] == s["flops_per_token"]["exact"] * s["tokens"]
     assert s3["cumulative_flops"]["exact"] == sum(s["flops"]["exact"] for s in plan["stages"])
     assert plan["total"]["tokens"] == 5120 + 5120 + 10240 == plan["baseline"]["tokens"]
@@ -136,7 +145,9 @@ def test_measured_numbers_from_metrics(tmp_path):
         {"kind": "step", "stage": 1, "step": 1, "tokens": 512, "flops": 1000, "flops_6nd": 900},
         {"kind": "step", "stage": 1, "step": 10, "tokens": 5120, "flops": 10000, "flops_6nd": 9000},
         {"kind": "stage", "event": "end", "stage": 1, "name": "bigram",
-         "memory": {"model_state_estimated_bytes": 1, "model_state_bytes": 900, "peak_measured_bytes": 1500}},
+         "memory": {"model_state_estimated_bytes": 950, "model_state_bytes": 900, "peak_measured_bytes": 1500,
+                    "peak_estimated_bytes": 1400, "estimate_precision": "fp32",
+                    "peak_measured_by": "torch CPU allocator events, stage steps 1-2"}},
         {"kind": "stage", "event": "start", "stage": 2, "name": "deep", "flops": 10000,
          "flops_6nd": 9000, "tokens": 5120, "memory": {"model_state_bytes": None}},
         {"kind": "eval", "stage": 2, "step": 10, "val_loss": 3.0},
@@ -144,13 +155,21 @@ def test_measured_numbers_from_metrics(tmp_path):
     ])
     measured = measured_by_stage(cfg.out_dir / "metrics.jsonl")
     assert measured[1] == {"peak_measured_bytes": 1500, "model_state_bytes": 900, "flops": 10000,
-                           "flops_6nd": 9000, "tokens": 5120}
+                           "flops_6nd": 9000, "tokens": 5120, "peak_estimated_bytes": 1400,
+                           "model_state_estimated_bytes": 950, "estimate_precision": "fp32",
+                           "peak_measured_by": "torch CPU allocator events, stage steps 1-2"}
     # a stage still running: no end record, so no memory figures yet
     assert measured[2] == {"peak_measured_bytes": None, "model_state_bytes": None, "flops": 5000,
-                           "flops_6nd": 3000, "tokens": 512}
+                           "flops_6nd": 3000, "tokens": 512, "peak_estimated_bytes": None,
+                           "model_state_estimated_bytes": None, "estimate_precision": None,
+                           "peak_measured_by": None}
     plan = plan_recipe(cfg)
     assert plan["stages"][1]["measured"]["flops"] == 5000
-    assert "measured" in format_plan(plan)
+    text = format_plan(plan)
+    assert "measured" in text
+    # measured memory is set beside the run's own (fp32) estimate, with the ratio
+    assert "memory as run (fp32): model state 900 B measured / 950 B estimated (0.947); peak " \
+           "1.46 KiB measured / 1.37 KiB estimated (1.071)" in text
     from growlm.report.plan_chart import plot_plan
 
     png = plot_plan(plan, tmp_path / "plan.png")

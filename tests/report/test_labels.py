@@ -40,12 +40,13 @@ def test_memory_figures_keep_their_names():
                         "peak_estimated_bytes": 300, "peak_measured_bytes": None,
                         "peak_measured_by": "cpu allocator"})
     assert new == {"model_state_estimated_bytes": 100, "model_state_bytes": 120,
-                   "peak_estimated_bytes": 300, "peak_measured_bytes": None, "peak_measured_by": None}
+                   "peak_estimated_bytes": 300, "peak_measured_bytes": None, "peak_measured_by": None,
+                   "estimate_precision": None}
     old = {"estimated_bytes": 100, "measured_peak_bytes": 150}
     # on CPU the old "measured peak" counted weights, gradients and optimizer state
     assert stage_memory(old, "cpu") == {"model_state_estimated_bytes": 100, "model_state_bytes": 150,
                                         "peak_estimated_bytes": None, "peak_measured_bytes": None,
-                                        "peak_measured_by": None}
+                                        "peak_measured_by": None, "estimate_precision": None}
     assert stage_memory(old, "cuda")["peak_measured_bytes"] == 150
     assert stage_memory(old, "cuda")["peak_measured_by"] == "cuda max_memory_allocated"
     assert stage_memory(old, "cuda")["model_state_bytes"] is None
@@ -92,3 +93,19 @@ def test_cpu_runs_never_call_model_state_a_peak(runs_root, shards, make_run, tmp
     assert "| base (baseline)" not in md  # the baseline's name is in bold
     assert "| **base** (baseline) | 1000 B | +0.0% | 3.91 KiB | +0.0% |" in md
     assert "no measured peak is shown" in md and "base: memory records from an older growlm" in md
+
+
+def test_stage_table_sets_the_measured_peak_against_the_runs_own_estimate(runs_root, shards, make_run,
+                                                                          tmp_path):
+    own = {**_mem(2**29, 2**30, 2**31, int(2.2 * 2**30), "torch CPU allocator events, stage steps 1-2"),
+           "estimate_precision": "fp32"}
+    paper = _mem(2**29, 2**30, 2**31, int(2.2 * 2**30), "cuda max_memory_allocated")  # no precision
+    base = make_run(runs_root, "base", CURVE, shards=shards, memory=[own])
+    staged = make_run(runs_root, "staged", CURVE, shards=shards, memory=[paper])
+    md = write_report([staged], base, tmp_path / "rep").read_text()
+    header = next(line for line in md.splitlines() if "| done |" in line)
+    assert "peak measured / estimated" in header
+    rows = [line for line in md.splitlines() if line.startswith(("| base | 1: s1", "| staged | 1: s1"))]
+    # the run's own (fp32) estimate is compared; a record without a precision held the papers'
+    # bf16 figure, which is not
+    assert "| 1.100 |" in rows[0] and "| - |" in rows[1]

@@ -142,11 +142,20 @@ def test_plan_chart_formats_and_measured_labels(tmp_path):
 
     stages = [entry("small", 1), entry("grown", 2)]
     stages[0]["measured"] = {"model_state_bytes": 2**30, "peak_measured_bytes": 3 * 2**30, "flops": 1e20}
-    plan = {"run": "t", "stages": stages, "baseline": entry("baseline", 3)}
+    stages[0]["as_run"] = {"precision": "fp32", "peak_bytes": 3 * 2**30}
+    plan = {"run": "t", "stages": stages, "baseline": entry("baseline", 3),
+            "memory_precision": {"name": "bf16-mixed"}}
     path = plot_plan(plan, tmp_path / "plan.png", formats=["svg", "pdf"])
     assert path.read_bytes()[:4] == b"\x89PNG" and (tmp_path / "plan.pdf").read_bytes()[:5] == b"%PDF-"
     svg = (tmp_path / "plan.svg").read_text()
-    assert "model state, measured" in svg and "peak, measured" in svg and "measured peak" not in svg
+    # a measured peak sits beside the run's own estimate (its precision named), not beside the
+    # bars of the plan's precision alone
+    assert "peak, measured" in svg and "peak as run (fp32), est." in svg and "measured peak" not in svg
+    assert "(bf16-mixed)" in svg
+    # only model state measured (a run from before the probe): labelled as model state
+    stages[0]["measured"] = {"model_state_bytes": 2**30, "flops": 1e20}
+    plot_plan(plan, tmp_path / "state.svg")
+    assert "model state, measured" in (tmp_path / "state.svg").read_text()
     # an older plan's single figure is labelled as what it was
     stages[0]["measured"] = {"peak_bytes": 2**30, "flops": 1e20}
     plot_plan(plan, tmp_path / "old.svg")

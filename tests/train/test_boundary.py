@@ -3,13 +3,13 @@ every stage of every shipped recipe built before anything trains, and optimizer 
 across a boundary where the recipe asks for it."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from growlm.config import load_recipe
 from growlm.plan.memory import param_counts
+from growlm.recipe_library import library_root
 from growlm.stages import resolve_stages
 from growlm.train.boundary import (
     META,
@@ -21,13 +21,13 @@ from growlm.train.boundary import (
 )
 from growlm.train.plan import plan_recipe
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES = library_root()
 ALL = sorted(RECIPES.rglob("*.toml"))
 
 
 @pytest.mark.parametrize("path", ALL, ids=[str(p.relative_to(RECIPES)) for p in ALL])
-def test_every_shipped_recipe_builds_on_meta_and_the_plan_counts_that_build(path):
-    cfg = load_recipe(path)
+def test_every_shipped_recipe_builds_on_meta_and_the_plan_counts_that_build(path, hf_init):
+    cfg = load_recipe(path, hf_init(path))  # recipes/hf: a config-only folder for models/<name>
     built = check_recipe(cfg)
     plan = plan_recipe(cfg)
     assert len(built) == len(plan["stages"]) == len(cfg.stage)

@@ -277,3 +277,32 @@ def test_multi_process_needs_a_distributed_mode(recipes, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(GrowlmError, match="run.distributed = 'none'"):
         maybe_init_distributed(cfg)
+
+
+MASKED = """
+[[stage]]
+name = "small"
+n_layers = 1
+steps = 4
+lr = 3e-3
+[[stage]]
+name = "grown"
+grow = { op = "random", add = 2, position = "end", mask_steps = 3 }
+steps = 4
+lr = 3e-3
+"""
+
+
+def test_masked_growth_under_ddp_matches_one_process_and_learning_is_refused(recipes):
+    """MSG's masks are hooks inside each DDP replica; a G_learn stage learns in one process."""
+    single, ddp = recipes("masked1", MASKED), recipes("masked2", MASKED, run='distributed = "ddp"')
+    assert _growlm("train", str(single), "--quiet").returncode == 0
+    proc = _torchrun("train", str(ddp), "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_close(_losses(ddp.parent / "masked2"), _losses(single.parent / "masked1"))
+    learn = recipes("learn2", MASKED.replace('op = "random", add = 2, position = "end", mask_steps = 3',
+                                              'op = "learn", factor = 3, learn_steps = 2'))
+    proc = _torchrun("train", str(learn), "--quiet")
+    assert proc.returncode != 0
+    message = "stage.2.grow: 'learn' learns its growth maps in one process"
+    assert (proc.stdout + proc.stderr).count(message) == 2, proc.stderr[-2000:]  # one line per rank

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 SUBCOMMANDS = {
     "demo": ("growlm.demo", "prepare the built-in corpus and train a tiny baseline and staged run"),
     "data": ("growlm.cli.data", "prepare token shards from text files or HF datasets"),
+    "recipes": ("growlm.cli.recipes", "list, show or copy the recipes installed with growlm"),
     "train": ("growlm.cli.train", "train a recipe (all stages; --resume continues)"),
     "plan": ("growlm.cli.plan", "FLOP and memory plan of a recipe; STEP and Gstack planners"),
     "eval": ("growlm.cli.eval", "perplexity, zero-shot tasks, word similarity, neighbour overlap"),
@@ -28,8 +30,20 @@ SUBCOMMANDS = {
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        # No abbreviations: "--over" must not silently mean --overwrite.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, exit 2 (argparse's default prints usage too)
         self.exit(2, f"growlm: error: {message} (see --help)\n")
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as users read it: one line, without the source file and line of Python's
+    format (growlm's warnings already name the file or setting they are about)."""
+    kind = "" if category is UserWarning else f"{category.__name__}: "
+    return f"warning: {kind}{' '.join(str(message).split())}\n"
 
 
 def build_parser(available: dict) -> argparse.ArgumentParser:
@@ -61,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         sub = _Parser(prog=f"growlm {argv[0]}", description=available[argv[0]][1])
         module.add_arguments(sub)
         args = sub.parse_args(argv[1:])
+        formatwarning, warnings.formatwarning = warnings.formatwarning, _warning_line
         try:
             return int(module.run(args) or 0)
         except WriteError as e:
@@ -78,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"growlm {argv[0]}: error: {failure}", file=sys.stderr)
             return 1
+        finally:
+            warnings.formatwarning = formatwarning
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -32,15 +32,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import growlm.report.compare as cmp
     from growlm.errors import GrowlmError
+    from growlm.files import check_output_file, check_path
+    from growlm.report.neighbours import check_neighbours
     from growlm.report.write import format_table, parse_formats, write_report
 
     if args.neighbours is not None and args.neighbours < 1:
         raise GrowlmError(f"--neighbours must be a positive integer, got {args.neighbours}")
     formats = parse_formats(args.format)
+    out = check_path(args.out, "--out")  # outputs are checked before the runs are read
+    if args.json is not None and args.json != "-":
+        check_output_file(args.json, "--json")
     runs, base = cmp.load_runs(args.runs, args.baseline)
+    if args.neighbours is not None:
+        check_neighbours(args.neighbours, runs)
     for problem in [p for r in runs for p in r.problems] + cmp.check_comparable(runs):
         print(f"warning: {problem}", file=sys.stderr)
-    path = write_report(runs, base, args.out, interp=args.interp, flops=args.flops,
+    path = write_report(runs, base, out, interp=args.interp, flops=args.flops,
                         neighbours=args.neighbours, title=args.title, formats=formats)
     if args.json is not None:
         _write_json(args.json, comparison_json(runs, base, args.interp, args.flops))

@@ -175,25 +175,29 @@ def _prepare(args) -> int:
 
 
 def _emit_json(target: str, data: dict) -> None:
-    from growlm.files import atomic_write_json, check_output_dir, check_path, to_json_safe
+    from growlm.files import atomic_write_json, check_output_file, to_json_safe
 
     if target == "-":
         print(json.dumps(to_json_safe(data), indent=1, allow_nan=False))
         return
-    path = check_path(target, "--json")
-    if path.is_dir():
-        raise GrowlmError(f"--json: {path} is a folder; give a file name")
-    if not path.exists():  # a path under a regular file is a bad argument, not a failed write
-        check_output_dir(path, "--json")
-    atomic_write_json(path, data)
+    atomic_write_json(check_output_file(target, "--json"), data)
+
+
+def _check_json(target: str | None) -> None:
+    """An unwritable --json FILE is refused before the folder is read."""
+    if target is not None and target != "-":
+        from growlm.files import check_output_file
+
+        check_output_file(target, "--json")
 
 
 def _verify(args) -> int:
     from growlm.data.shards import open_shards
 
+    _check_json(args.json)
     shards = open_shards(args.path)
     report = shards.verify(check_hashes=not args.no_hashes)
-    if args.json:
+    if args.json is not None:
         _emit_json(args.json, {"path": str(shards.path), "ok": True,
                                "hashes_checked": not args.no_hashes, **report})
         if args.json == "-":
@@ -207,8 +211,9 @@ def _verify(args) -> int:
 def _info(args) -> int:
     from growlm.data.shards import open_shards
 
+    _check_json(args.json)
     shards = open_shards(args.path)
-    if args.json:
+    if args.json is not None:
         _emit_json(args.json, shards.meta)
         if args.json == "-":
             return 0

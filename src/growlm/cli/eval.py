@@ -97,15 +97,21 @@ def _check_positive(args) -> None:
                               f"got {value}")
 
 
+def _check_paths(args) -> None:
+    """A path option given empty (or with a NUL byte) is refused, not taken as absent."""
+    from growlm.files import check_path
+
+    for name in ("val_shards", "tokenizer", "data_dir"):
+        if getattr(args, name) is not None:
+            check_path(getattr(args, name), f"--{name.replace('_', '-')}")
+
+
 def _check_json_target(json_out: str | None) -> None:
     """Refuse an unwritable --json FILE before any model is loaded or scored."""
-    if json_out and json_out != STDOUT:
-        from growlm.files import check_output_dir, check_path
+    if json_out is not None and json_out != STDOUT:
+        from growlm.files import check_output_file
 
-        path = check_path(json_out, "--json")
-        if path.is_dir():
-            raise GrowlmError(f"--json: {path} is a folder; give a file name")
-        check_output_dir(path.parent, "--json")
+        check_output_file(json_out, "--json")
 
 
 def run_val_shards(path: str | Path) -> str | None:
@@ -127,7 +133,7 @@ def run_val_shards(path: str | Path) -> str | None:
 
 
 def _val_shards(args, wants_ppl: bool) -> str | None:
-    if args.val_shards:
+    if args.val_shards is not None:
         return args.val_shards
     found = run_val_shards(args.paths[0])
     if found is not None and not Path(found).is_dir():
@@ -144,13 +150,14 @@ def _emit(data: dict, json_out: str | None) -> None:
     if json_out == STDOUT:
         sys.stdout.write(json.dumps(to_json_safe(data), indent=2, allow_nan=False) + "\n")
         sys.stdout.flush()
-    elif json_out:
+    elif json_out is not None:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(json_out, data, indent=2)
 
 
 def run(args: argparse.Namespace) -> int:
     _check_positive(args)
+    _check_paths(args)
     _check_json_target(args.json_out)
     if args.paths[0] == COMPARE:
         return _run_compare(args)
@@ -158,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         raise GrowlmError(f"expected one model path (or '{COMPARE} A B'), got {len(args.paths)}")
     from growlm.eval.suite import DEFAULT_TASKS, parse_tasks
 
-    tasks = parse_tasks(args.tasks) if args.tasks else None  # bad names before any loading
+    tasks = parse_tasks(args.tasks) if args.tasks is not None else None  # before any loading
     val_shards = _val_shards(args, tasks is None or "ppl" in tasks)
     if tasks is None:
         tasks = parse_tasks(("ppl", *DEFAULT_TASKS) if val_shards else DEFAULT_TASKS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from growlm.errors import GrowlmError
-from growlm.files import check_path
+from growlm.files import check_apart, check_path
 from growlm.init_source import is_hf_folder, load_source
 from growlm.model.hf import export_hf
 
@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir = check_path(args.out_dir, "export output")
     if not source.exists():
         raise GrowlmError(f"{source} does not exist; give a run dir, checkpoint dir or HF folder")
+    check_apart(out_dir, [source], "export output")  # --overwrite would delete the source
     cfg, state, tokenizer = load_source(source)
     hf_source = source if is_hf_folder(source) else None
     out = export_hf(cfg, state, out_dir, tokenizer_json=tokenizer, overwrite=args.overwrite,

@@ -1,10 +1,13 @@
 """`growlm plan`: a recipe's FLOP/memory plan, STEP's layer split, Gstack's growth timing.
 
-    growlm plan RECIPE.toml [--set k=v ...] [--json] [--out DIR]
+    growlm plan RECIPE [--set k=v ...] [--precision P] [--json [FILE]] [--out DIR]
     growlm plan step --layers L --stages K --d-model D [--ffn-dim F] [--n-heads H] [--vocab V]
-                     [--adapter-rank R] [--budget 10GiB] [--paper-formula] [--json]
+                     [--adapter-rank R] [--budget 10GiB] [--paper-formula] [--json [FILE]]
+                     [--memory peak --micro-batch B --seq-len T [--checkpointing]]
                      [--write-recipe out.toml]
-    growlm plan gstack --params N --tokens D [--flops C] [--json]
+    growlm plan gstack --params N --tokens D [--flops C] [--json [FILE]]
+
+RECIPE is a TOML file or a recipe of growlm's library by name (growlm recipes list).
 
 Exit codes: 0 ok, 2 bad input, 1 when a STEP budget cannot be met (the best split is still
 printed).
@@ -18,20 +21,28 @@ import math
 import os
 import sys
 import warnings
-from pathlib import Path
 
+from growlm.cli.json_out import STDOUT, add_json_option, check_json_target, emit_json
 from growlm.errors import GrowlmError
+from growlm.files import atomic_write_text, check_path
 from growlm.units import human_bytes, human_count, parse_bytes, parse_count
 
 RELORA_RESET_EVERY = 5000  # steps, as in STEP's recipes (ReLoRA's reset interval)
+PRECISION_CHOICES = ("bf16-mixed", "fp32", "bf16-autocast")  # growlm.plan.precision.PRECISIONS
 
 EPILOG = """forms:
-  growlm plan RECIPE.toml [--set k=v ...] [--json] [--out DIR]
-  growlm plan step --layers L --stages K --d-model D [options]   (growlm plan step --help)
-  growlm plan gstack --params N --tokens D [--flops C] [--json]  (growlm plan gstack --help)"""
+  growlm plan RECIPE [--set k=v ...] [--precision P] [--json [FILE]] [--out DIR]
+  growlm plan step --layers L --stages K --d-model D [options]          (growlm plan step --help)
+  growlm plan gstack --params N --tokens D [--flops C] [--json [FILE]]  (growlm plan gstack --help)
+
+RECIPE: a TOML file, or a library recipe by name such as step/1.2b-3stage (growlm recipes list).
+--json alone prints the JSON on stdout instead of the text; --json FILE writes it to FILE."""
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):  # no abbreviations, like the top-level parser
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
     def error(self, message: str):  # one line and exit 2, like the top-level parser
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
@@ -40,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("target", metavar="RECIPE|step|gstack",
-                        help="a recipe to plan, or the STEP / Gstack planner")
+                        help="a recipe to plan (file or library name), or the STEP / Gstack planner")
     parser.add_argument("rest", nargs=argparse.REMAINDER, metavar="OPTIONS",
                         help="options of that form")
 
@@ -50,24 +61,27 @@ def run(args: argparse.Namespace) -> int:
     make, handler = forms.get(args.target, (_recipe_parser, _run_recipe))
     parser = make()
     argv = args.rest if args.target in forms else [args.target, *args.rest]
-    return handler(parser.parse_args(argv))
-
-
-def _print_json(obj: dict) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=False, default=str))
+    parsed = parser.parse_args(argv)
+    check_json_target(parsed.json)
+    return handler(parsed)
 
 
 # ---------------------------------------------------------------- recipe
 
 def _recipe_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="growlm plan", description="FLOP and memory plan of a recipe")
-    p.add_argument("recipe", help="recipe TOML")
+    p.add_argument("recipe", help="recipe TOML file, or a library name such as step/1.2b-3stage")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.micro_batch_size=8")
-    p.add_argument("--json", action="store_true", help="print plan.json instead of the table")
-    p.add_argument("--out", type=Path, default=None,
+    add_json_option(p, "plan.json")
+    p.add_argument("--out", default=None,
                    help="where plan.json and plan.png go (default: the run's out_dir)")
     p.add_argument("--no-chart", action="store_true", help="skip plan.png")
+    p.add_argument("--precision", choices=[*PRECISION_CHOICES, "run"], default="bf16-mixed",
+                   help="what the memory columns assume: bf16-mixed (the papers' accounting, the "
+                        "default), fp32 (growlm on CPU), bf16-autocast (growlm on CUDA), or run "
+                        "(as this recipe trains on its device); measured figures are always set "
+                        "beside the run's own estimate")
     return p
 
 
@@ -76,29 +90,23 @@ def _run_recipe(a: argparse.Namespace) -> int:
     from growlm.train.plan import format_plan, plan_recipe
 
     cfg = load_recipe(a.recipe, a.overrides)
-    plan = plan_recipe(cfg)
-    out = a.out if a.out is not None else cfg.out_dir
+    plan = plan_recipe(cfg, memory_precision=a.precision)
+    out = check_path(a.out, "--out") if a.out is not None else cfg.out_dir
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise GrowlmError(f"--out {out}: cannot create the folder ({e.strerror})") from None
-    _write_text(out / "plan.json", json.dumps(plan, indent=2) + "\n")
+    atomic_write_text(out / "plan.json", json.dumps(plan, indent=2) + "\n")
     if not a.no_chart:
         from growlm.report.plan_chart import plot_plan
 
         plot_plan(plan, out / "plan.png")
-    if a.json:
-        _print_json(plan)
-    else:
+    emit_json(a.json, plan)
+    if a.json != STDOUT:
         print(format_plan(plan))
-        print(f"wrote {out / 'plan.json'}" + ("" if a.no_chart else f" and {out / 'plan.png'}"))
+        print(f"wrote {out / 'plan.json'}" + ("" if a.no_chart else f" and {out / 'plan.png'}")
+              + (f"; --json {a.json}" if a.json else ""))
     return 0
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- step
@@ -121,14 +129,26 @@ def _step_parser() -> argparse.ArgumentParser:
                    help="embedding, final norm and head after stage 1: frozen with the inherited "
                         "layers as in STEP (default), or trainable (ignored with --paper-formula)")
     p.add_argument("--budget", default=None, help="memory budget, e.g. 10GiB: smallest K that fits")
+    p.add_argument("--memory", choices=("model-state", "peak"), default="model-state",
+                   help="what the split minimises and --budget must hold: model state (STEP's P_i, "
+                        "the default) or a training step's whole estimated peak, activations and "
+                        "workspace included, for --micro-batch × --seq-len tokens")
+    p.add_argument("--micro-batch", type=int, default=1,
+                   help="--memory peak: sequences per micro-batch (default 1)")
+    p.add_argument("--checkpointing", action="store_true",
+                   help="--memory peak: with activation checkpointing")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="bf16-mixed",
+                   help="--memory peak: bytes per tensor (default bf16-mixed, the papers'; fp32 as "
+                        "growlm on CPU; bf16-autocast as growlm on CUDA)")
     p.add_argument("--paper-formula", action="store_true",
                    help="STEP's P_i exactly (no embedding / head terms)")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--write-recipe", type=Path, default=None, metavar="OUT.toml",
+    add_json_option(p, "the split and its per-stage model state")
+    p.add_argument("--write-recipe", default=None, metavar="OUT.toml",
                    help="write a runnable STEP recipe with this split")
     p.add_argument("--tokens", default="1B",
                    help="recipe: tokens per stage, one value or K comma-separated (default 1B)")
-    p.add_argument("--seq-len", type=int, default=1024, help="recipe: sequence length")
+    p.add_argument("--seq-len", type=int, default=1024,
+                   help="sequence length of --memory peak and of the written recipe (default 1024)")
     p.add_argument("--data", default="data/shards", help="recipe: prepared token shards folder")
     return p
 
@@ -141,7 +161,8 @@ def _positive(name: str, value: int | None) -> None:
 def _step_model(a: argparse.Namespace):
     from growlm.model.config import ModelConfig
 
-    for name in ("layers", "d_model", "ffn_dim", "n_heads", "n_kv_heads", "vocab", "seq_len"):
+    for name in ("layers", "d_model", "ffn_dim", "n_heads", "n_kv_heads", "vocab", "seq_len",
+                 "micro_batch"):
         _positive("--" + name.replace("_", "-"), getattr(a, name))
     _positive("--stages", a.stages)
     if a.adapter_rank < 0:
@@ -156,29 +177,50 @@ def _step_model(a: argparse.Namespace):
         raise GrowlmError(f"impossible model shape: {msg.removeprefix('Value error, ')}") from None
 
 
+def _step_solver(a: argparse.Namespace, cfg, problem):
+    """(problem or peak table, solver, what the bytes are) for the chosen --memory."""
+    from growlm.plan.step_ip import solve_step
+
+    if a.memory == "model-state":
+        return problem, solve_step, "model state"
+    from growlm.plan.precision import precision
+    from growlm.plan.step_peak import PeakTable, solve_step_peak
+
+    if a.paper_formula:
+        raise GrowlmError("--memory peak counts the embedding, head and loss, which --paper-formula "
+                          "leaves out; drop one of the two")
+    table = PeakTable(cfg, a.adapter_rank, a.micro_batch, a.seq_len, precision(a.precision),
+                      a.checkpointing, a.embed_head)
+    ckpt = ", activation checkpointing" if a.checkpointing else ""
+    what = (f"step peak ({a.precision}, micro-batch {a.micro_batch} × {a.seq_len} tokens{ckpt}: "
+            "model state + activations + workspace)")
+    return table, solve_step_peak, what
+
+
 def _run_step(a: argparse.Namespace) -> int:
-    from growlm.plan.step_ip import solve_step, solve_step_budget, step_problem
+    from growlm.plan.step_ip import solve_step_budget, step_problem
 
     cfg = _step_model(a)
     problem = step_problem(cfg, a.adapter_rank, paper_formula=a.paper_formula,
                            embed_head=a.embed_head)
+    target, solve, what = _step_solver(a, cfg, problem)
     if a.budget is not None:
-        sol = solve_step_budget(problem, parse_bytes(a.budget, "--budget"), a.stages)
+        sol = solve_step_budget(target, parse_bytes(a.budget, "--budget"), a.stages, solve=solve)
     elif a.stages is None:
         raise GrowlmError("give --stages K, or --budget to find the smallest K that fits")
     else:
-        sol = solve_step(problem, a.stages)
-    result = {**sol.as_dict(), "params_per_layer": problem.params_per_layer,
+        sol = solve(target, a.stages)
+    result = {**sol.as_dict(), "memory": a.memory, "bytes_are": what,
+              "params_per_layer": problem.params_per_layer,
               "adapter_params_per_layer": problem.adapter_params_per_layer,
               "embed_head_params": problem.embed_head_params, "paper_formula": a.paper_formula}
-    if a.json:
-        _print_json(result)
-    else:
+    emit_json(a.json, result)
+    if a.json != STDOUT:
         print(f"STEP split of {cfg.n_layers} layers (d_model {cfg.d_model}, ffn {cfg.hidden_dim}, "
               f"adapter rank {a.adapter_rank}): layers per stage {sol.layers_per_stage}")
         for i, (n, b) in enumerate(zip(sol.layers_per_stage, sol.per_stage_bytes), 1):
-            print(f"  stage {i}: +{n:<3} layers  model state {human_bytes(b)}")
-        print(f"  peak {human_bytes(sol.peak_bytes)} ({sol.peak_bytes} bytes)")
+            print(f"  stage {i}: +{n:<3} layers  {what.split(' (')[0]} {human_bytes(b)}")
+        print(f"  peak {human_bytes(sol.peak_bytes)} ({sol.peak_bytes} bytes) of {what}")
     if sol.fits is False:
         print(f"growlm plan step: does not fit: the budget {human_bytes(sol.budget_bytes)} is below "
               f"the best achievable peak {human_bytes(sol.peak_bytes)} "
@@ -186,7 +228,7 @@ def _run_step(a: argparse.Namespace) -> int:
         return 1
     if a.write_recipe is not None:
         _write_step_recipe(a, cfg, sol.layers_per_stage)
-        if not a.json:
+        if a.json != STDOUT:
             print(f"wrote {a.write_recipe}")
     return 0
 
@@ -270,7 +312,7 @@ def _write_step_recipe(a: argparse.Namespace, cfg, split: list[int]) -> None:
 
     text = step_recipe_toml(cfg, split, _stage_tokens(a.tokens, len(split)), a.adapter_rank,
                             a.seq_len, a.data, a.embed_head)
-    path: Path = a.write_recipe
+    path = check_path(a.write_recipe, "--write-recipe")
     if path.parent and not path.parent.is_dir():
         raise GrowlmError(f"--write-recipe {path}: folder {path.parent} does not exist")
     tmp = path.with_name(path.name + ".tmp")
@@ -291,7 +333,7 @@ def _gstack_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", required=True, help="target model parameters N, e.g. 7B")
     p.add_argument("--tokens", required=True, help="total training tokens D, e.g. 300B")
     p.add_argument("--flops", default=None, help="compute budget C in FLOPs (default 6·N·D)")
-    p.add_argument("--json", action="store_true")
+    add_json_option(p, "the growth factor and timing")
     return p
 
 
@@ -306,9 +348,8 @@ def _run_gstack(a: argparse.Namespace) -> int:
         result = gstack_timing(n, d, c)
     if result["warning"]:
         print(f"growlm plan gstack: warning: {result['warning']}", file=sys.stderr)
-    if a.json:
-        _print_json(result)
-    else:
+    emit_json(a.json, result)
+    if a.json != STDOUT:
         print(f"Gstack for {human_count(n)} parameters on {human_count(d)} tokens "
               f"({result['flops']:.3g} FLOPs): growth factor g = {result['growth_factor']}, "
               f"grow after {human_count(result['growth_tokens'])} tokens ({result['rule']})")

@@ -1,5 +1,7 @@
 """`growlm sft RUN_OR_CKPT --data FILE_OR_HF_NAME [--recipe sft.toml] [--out DIR] [--set k=v]`.
 
+(`--data builtin:tiny-instructions` is growlm's own small offline set, see growlm.sft.builtin.)
+
 (plus `--resume` and `--quiet`, as for `growlm train`.)
 
 Supervised fine-tuning is a one-stage run of the ordinary Trainer: the stage starts from the
@@ -26,11 +28,11 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from growlm.config import _format_error, apply_overrides, config_from_dict, load_toml
 from growlm.errors import GrowlmError
-from growlm.model.config import ModelConfig
+from growlm.model.config import ModelConfig, Settings
 from growlm.sft.data import SFTData, read_records, split_holdout, tokenize_records
 from growlm.sft.loader import SFTLoader
 from growlm.sft.template import load_template
@@ -44,8 +46,8 @@ DEFAULTS = {
 STAGE_KEYS_FORBIDDEN = ("grow", "init", *SHAPE_KEYS)
 
 
-class SFTSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SFTSection(Settings):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     template: str | dict[str, str] = "alpaca"  # built-in name, TOML file, or inline table
     format: Literal["auto", "alpaca", "chat"] = "auto"
@@ -68,7 +70,8 @@ def add_arguments(parser) -> None:
         "--data",
         required=True,
         metavar="FILE_OR_HF_NAME",
-        help="Alpaca or chat records: .json array, .jsonl, or a HF hub dataset name",
+        help="Alpaca or chat records: .json array, .jsonl, a HF hub dataset name, or "
+        "builtin:tiny-instructions (growlm's own small offline set, to try the command)",
     )
     parser.add_argument(
         "--recipe", help="TOML with [sft], [optim], [schedule], [train], [run] overrides"
@@ -120,7 +123,7 @@ def _user_recipe(args) -> tuple[dict, SFTSection, str]:
     source = args.recipe or "sft"
     user = load_toml(args.recipe) if args.recipe else {}
     user = apply_overrides(user, list(args.overrides))
-    if args.out:
+    if args.out is not None:  # given empty, it is refused (run.out_dir), not ignored
         user.setdefault("run", {})["out_dir"] = args.out
     try:
         sft = SFTSection.model_validate(user.pop("sft", {}))

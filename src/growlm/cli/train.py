@@ -1,4 +1,5 @@
-"""`growlm train RECIPE.toml [--set key=value ...] [--resume] [--dry-run]`."""
+"""`growlm train RECIPE [--set key=value ...] [--resume] [--dry-run]`; RECIPE is a TOML file or a
+recipe of growlm's library by name (growlm.recipe_library)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ _PEER_LOST = re.compile(r"Connection (reset|closed|refused)|Broken pipe|Timed ou
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("recipe", help="TOML recipe")
+    parser.add_argument("recipe", help="TOML recipe file, or a library name such as "
+                        "tiny/step-2stage (growlm recipes list)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value, e.g. --set optim.lr=1e-3 --set stage.2.tokens=20M; "
                              "KEY=null removes a key")
@@ -32,15 +34,15 @@ def run(args) -> int:
     from growlm.train.trainer import Trainer
 
     overrides = list(args.overrides)
-    if args.out:
+    if args.out is not None:  # given empty, it is refused (run.out_dir), not ignored
         overrides.append(f"run.out_dir={json.dumps(args.out)}")
     cfg = load_recipe(args.recipe, overrides)
     hooks = benchmark_hooks(cfg)
     if args.dry_run:
-        return dry_run(cfg, hooks)
+        return dry_run(cfg, hooks, args.resume)
     dist = maybe_init_distributed(cfg)
     hint = shlex.join(["growlm", "train", args.recipe, *[x for o in args.overrides for x in ("--set", o)],
-                       *(["--out", args.out] if args.out else []), "--resume"])
+                       *(["--out", args.out] if args.out is not None else []), "--resume"])
     try:
         trainer = Trainer(cfg, resume=args.resume, dist=dist, quiet=args.quiet, hooks=hooks)
         return run_to_end(trainer, dist, resume_hint=hint)
@@ -49,13 +51,15 @@ def run(args) -> int:
             dist.close()
 
 
-def dry_run(cfg, hooks) -> int:
-    """Everything `growlm train` checks before its first step, and nothing written."""
+def dry_run(cfg, hooks, resume: bool = False) -> int:
+    """Everything `growlm train` checks before its first step (the run folder and, with
+    --resume, the checkpoint it would continue from, included), and nothing written."""
     from growlm.stages import recipe_notes
     from growlm.train.trainer import Trainer
 
-    trainer = Trainer(cfg, quiet=True, hooks=hooks)
+    trainer = Trainer(cfg, resume=resume, quiet=True, hooks=hooks)
     trainer._open_data()
+    trainer._check_run_dir(trainer._manager())  # read-only: an existing run must match the recipe
     for note in [*recipe_notes(cfg, trainer.stages), *trainer._data_notes()]:
         print(f"note: {note}")
     steps = sum(s.steps for s in trainer.stages)

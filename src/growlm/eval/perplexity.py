@@ -209,9 +209,10 @@ def token_perplexity(model, tokens, seq_len: int | None = None, batch_size: int 
             "windows": len(requests)}
 
 
-def shard_tokens(model, shards_path: str | os.PathLike, split: str = "val"):
+def shard_tokens(model, shards_path: str | os.PathLike, split: str = "val", tokenizer=None):
     """One split of a prepared growlm shard directory as a 1-D token array, checked to fit the
-    model's vocabulary."""
+    model's vocabulary and, when the model's `tokenizer` is known, to be made by a tokenizer with
+    the same vocabulary (other ids would be scored as if they meant the model's tokens)."""
     try:
         from growlm.data.shards import open_shards
     except ImportError:
@@ -221,6 +222,13 @@ def shard_tokens(model, shards_path: str | os.PathLike, split: str = "val"):
     if vocab is not None and shards.vocab_size > vocab:
         raise GrowlmError(f"shards {shards_path} use a {shards.vocab_size}-token vocabulary but "
                           f"the model has {vocab}; evaluate with shards of the model's tokenizer")
+    if tokenizer is not None and shards.tokenizer_path.is_file():
+        from growlm.eval.neighbours import same_vocabulary
+
+        if not same_vocabulary(tokenizer, shards.tokenizer()):
+            raise GrowlmError(f"shards {shards_path} were prepared with another tokenizer than the "
+                              "model's (the token ids mean other strings); evaluate with shards of "
+                              "the model's tokenizer")
     return shards.tokens(split)
 
 

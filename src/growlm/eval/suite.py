@@ -130,6 +130,12 @@ def evaluate(
     if seq_len is not None and not 1 <= seq_len <= max_context(model):
         raise GrowlmError(f"--seq-len {seq_len} must be between 1 and the model's context "
                           f"length {max_context(model)}")
+    if stride is not None:  # honoured or refused: only WikiText's rolling windows have a stride
+        window = seq_len or max_context(model)
+        if "wikitext" not in names:
+            raise GrowlmError(f"--stride applies to the wikitext task only; the tasks are {', '.join(names)}")
+        if not 1 <= stride <= window:
+            raise GrowlmError(f"--stride {stride} must be between 1 and the context window {window}")
     inputs = _load_inputs(model, tokenizer, names, data, val_shards, val_tokens, source, limit)
     was_training = getattr(model, "training", False)
     model.eval()
@@ -168,7 +174,7 @@ def _load_inputs(model, tokenizer, names, data, val_shards, val_tokens, source, 
                 raise GrowlmError("task ppl needs held-out tokens: pass --val-shards DIR "
                                   "(a prepared growlm shard directory)")
             inputs[name] = (val_tokens if val_tokens is not None
-                            else perplexity.shard_tokens(model, val_shards))
+                            else perplexity.shard_tokens(model, val_shards, tokenizer=tokenizer))
             continue
         _needs_tokenizer(tokenizer, name)
         if name == "wikitext":

@@ -6,6 +6,8 @@ dispatches on `spec.op` (a `growlm.config.GrowSpec`):
   depth  stack, duplicate, interpolate, identity, random        (growlm.grow.depth)
   width  clone, split, zero, width_random                       (growlm.grow.width)
   reuse  embedding/final norm/head (+ layer-0 parts) transplant  (growlm.grow.reuse)
+  learn  learn, width_learn: LiGO's linear maps at initialisation (growlm.grow.ligo; `maps`,
+         else maps drawn from the global RNG); the maps are trained by growlm.train.growth
 
 `fresh` is the state dict of a freshly initialised `Transformer(new)` (the trainer builds it
 with the run's seed); it supplies every value that does not come from the old model. Without
@@ -21,7 +23,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from growlm.errors import GrowlmError
-from growlm.grow.checks import DEPTH_OPS, WIDTH_OPS, check_growth
+from growlm.grow.checks import DEPTH_OPS, LEARN_OPS, WIDTH_OPS, check_growth
 from growlm.grow.common import EMBED, HEAD, check_state, expected_shapes, fresh_state
 from growlm.grow.provenance import (
     Provenance,
@@ -50,6 +52,7 @@ def grow(
     spec,
     fresh: dict[str, Tensor] | None = None,
     *,
+    maps: dict[str, Tensor] | None = None,
     where: str = "",
 ) -> tuple[dict[str, Tensor], dict[str, Provenance]]:
     """Grow `state` (a model of shape `old`) into a state of shape `new` with `spec.op`."""
@@ -61,6 +64,13 @@ def grow(
         fresh = fresh_state(new, ref.device, ref.dtype)
     else:
         fresh = check_state(fresh, new, f"{prefix}grow: fresh state")
+    if spec.op in LEARN_OPS:
+        from growlm.grow.ligo import grow_learn, init_maps
+
+        if maps is None:
+            maps = init_maps(old, new, spec, device=ref.device)
+        out, prov = grow_learn(state, old, new, spec, maps)
+        return out, prov
     if spec.op in DEPTH_OPS:
         from growlm.grow.depth import grow_depth as op_fn
     elif spec.op in WIDTH_OPS:

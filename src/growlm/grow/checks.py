@@ -5,9 +5,14 @@ from __future__ import annotations
 from growlm.errors import GrowlmError
 from growlm.model.config import ModelConfig
 
-DEPTH_OPS = ("stack", "duplicate", "interpolate", "identity", "random")
+DEPTH_OPS = ("stack", "duplicate", "interpolate", "identity", "random", "learn")
 INSERT_OPS = ("interpolate", "identity", "random")  # ops that insert layers at chosen places
-WIDTH_OPS = ("clone", "split", "zero", "width_random")
+WIDTH_OPS = ("clone", "split", "zero", "width_random", "width_learn")
+# Gstack's G_learn (LiGO): the new weights are linear maps of the old ones, learned for
+# `learn_steps` steps at the start of the stage (growlm.grow.ligo, growlm.train.growth)
+LEARN_OPS = ("learn", "width_learn")
+# Gstack's G_random with MSG's growth masks (`mask_steps`; growlm.grow.masks)
+MASK_OPS = ("random", "width_random")
 # reuse: a fresh deep model with the embedding/head (and optionally layer-0 parts) copied
 GROW_OPS = (*DEPTH_OPS, *WIDTH_OPS, "reuse")
 WIDTH_FIELDS = ("d_model", "ffn_dim", "n_heads", "n_kv_heads")
@@ -22,7 +27,12 @@ ALLOWED_FIELDS = {
     **{op: {"add", "position"} for op in INSERT_OPS},
     **{op: {"factor", *WIDTH_FIELDS} for op in WIDTH_OPS},
     "reuse": {"layer0"},
+    "learn": {"factor"},
 }
+for _op in LEARN_OPS:
+    ALLOWED_FIELDS[_op] = ALLOWED_FIELDS[_op] | {"learn_steps", "learn_lr"}
+for _op in MASK_OPS:
+    ALLOWED_FIELDS[_op] = ALLOWED_FIELDS[_op] | {"mask_steps"}
 
 
 def _heads(cfg: ModelConfig) -> tuple[int, int, int]:
@@ -78,11 +88,11 @@ def _check_depth(old: ModelConfig, new: ModelConfig, spec, p: str) -> None:
         raise GrowlmError(f"{p}: '{op}' cannot grow to fewer layers than the source ({n_old} → {n_new})")
     if n_new == n_old:
         raise GrowlmError(f"{p}: '{op}' must add layers, but the depth stays {n_old}")
-    if n_old == 0 and op in ("stack", "duplicate", "interpolate"):
+    if n_old == 0 and op in ("stack", "duplicate", "interpolate", "learn"):
         raise GrowlmError(
             f"{p}: '{op}' needs a source with at least one layer (use identity or random from 0 layers)"
         )
-    if op == "stack":
+    if op in ("stack", "learn"):
         if spec.sources is not None:
             bad = [i for i in spec.sources if not 0 <= i < n_old]
             if bad:

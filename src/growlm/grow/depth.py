@@ -8,13 +8,19 @@
   identity     new layers whose residual output projections (o_proj, down_proj) are zero, so
                every new block adds nothing to the residual stream: the function is unchanged.
                Their other tensors come from the fresh initialisation.
-  random       new layers freshly initialised.
+  random       new layers freshly initialised (with `mask_steps`, MSG's masked growth: see
+               growlm.grow.masks).
+  learn        Gstack's G_learn in depth (LiGO): new layer i starts as a copy of layer i mod L,
+               like stack, and each role's layer-mixing matrix is then learned
+               (growlm.grow.ligo; this module only places the copies).
 
 Placement of new layers (interpolate, identity, random). With L old layers there are L - 1
 interior gaps (between old layers i and i+1). New layers are dealt out in rounds, one per
 interior gap per round; the last, partial round picks its gaps evenly spread
 (`position = "even"`: gaps ⌊(j + ½)·(L-1)/r⌋ for j < r) or the topmost ones (`"top"`), so the
-upper part of the network gets them first. No layer is ever placed below layer 0.
+upper part of the network gets them first. `"end"` puts every new layer above the old ones, as
+MSG's code and Gstack's G_random do (the old layers keep their depth). No layer is ever placed
+below layer 0.
 When a gap receives k new layers, the m-th (m = 1..k) interpolates linearly between the layer
 below (B) and above (A): (1 - m/(k+1))·B + m/(k+1)·A; with k = 1 that is the mean.
 Top edge: a 1-layer source has no interior gap, so its new layers go above it, and since
@@ -59,6 +65,8 @@ def insertion_counts(n_old: int, n_add: int, position: str = "even") -> list[int
     gaps = n_old - 1
     if gaps == 0:  # top edge: a single layer gets everything above it
         return [n_add]
+    if position == "end":
+        return [0] * gaps + [n_add]
     rounds, rest = divmod(n_add, gaps)
     counts = [rounds] * gaps + [0]
     if position == "top":
@@ -73,7 +81,7 @@ def insertion_counts(n_old: int, n_add: int, position: str = "even") -> list[int
 def layer_plan(n_old: int, n_new: int, spec) -> list[LayerInit]:
     """One LayerInit per target layer, for an op that `check_growth` accepted."""
     op = spec.op
-    if op == "stack":
+    if op in ("stack", "learn"):
         sources = spec.sources if spec.sources is not None else [i % n_old for i in range(n_new)]
         return [LayerInit(below=s) for s in sources]
     if op == "duplicate":

@@ -117,6 +117,39 @@ def _per_dim(head_src: Tensor, head_dim: int) -> Tensor:
     return torch.where(heads < 0, -1, dims)
 
 
+def inplace_sources(old: ModelConfig, new: ModelConfig) -> dict[str, Tensor]:
+    """Where each unit of `new` sits in `old` when old units keep their places (zero,
+    width_random, width_learn, masked growth): old unit index per new unit, -1 for a new one.
+
+    Keys: "d" (residual dims), "f" (FFN units), "q_heads" and "kv_heads" (attention heads,
+    laid out group by group as in the module docstring)."""
+    q_heads, kv_heads = _head_maps(old, new, copy=False)
+    return {"d": _units(old.d_model, new.d_model, copy=False),
+            "f": _units(old.hidden_dim, new.hidden_dim, copy=False),
+            "q_heads": q_heads, "kv_heads": kv_heads}
+
+
+def inplace_positions(old: ModelConfig, new: ModelConfig) -> dict[str, list]:
+    """For ops that keep old units in place (zero, width_random): per tensor name of `new`, per
+    dimension, (new positions, old indices) of the entries that continue old ones, or None
+    where the dimension keeps its size. What carries an old tensor's optimizer moments into
+    its slice of the new one (growlm.optim.build.map_moments)."""
+    plan = _Plan(old, new, "zero")
+    out = {}
+    for name in expected_shapes(new):
+        roles = _LAYOUT[name.split(".", 2)[2] if name.startswith("layers.") else name]
+        dims = []
+        for role in roles[: len(expected_shapes(new)[name])]:
+            if role is None:
+                dims.append(None)
+                continue
+            src = plan.maps[role[0]]
+            keep = torch.nonzero(src >= 0).squeeze(1)
+            dims.append((keep, src[keep]))
+        out[name] = dims
+    return out
+
+
 class _Plan:
     """Index maps and scales of every (axis, role) for one width growth."""
 

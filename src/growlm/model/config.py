@@ -19,9 +19,11 @@ cannot express is refused here, so nothing fails late at export.
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 def llama_ffn_dim(d_model: int, multiple_of: int = 256) -> int:
@@ -35,7 +37,33 @@ def llama_ffn_dim(d_model: int, multiple_of: int = 256) -> int:
 SHAPE_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "ffn_dim", "block")
 
 
-class RopeScaling(BaseModel):
+def _leaf_types(annotation) -> set:
+    """The plain types a field annotation admits (through Optional, unions and Annotated)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, typing.Annotated):
+        args = typing.get_args(annotation)[:1] if origin is typing.Annotated else typing.get_args(annotation)
+        return set().union(*(_leaf_types(a) for a in args))
+    return {annotation} if isinstance(annotation, type) else set()
+
+
+class Settings(BaseModel):
+    """A table of settings (recipe sections, model configs) in which a boolean and a number are
+    never taken for each other: pydantic's lax mode would read `seed = true` as 1 and
+    `tie_embeddings = 1` as true. (A number written as a string, "3e-4", is still read.)"""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _bool_is_not_a_number(cls, value, info: ValidationInfo):
+        kinds = _leaf_types(cls.model_fields[info.field_name].annotation)
+        if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
+            raise ValueError(f"expected a number, got {str(value).lower()}")
+        if (isinstance(value, (int, float)) and not isinstance(value, bool) and bool in kinds
+                and not kinds & {int, float}):
+            raise ValueError(f"expected true or false, got {value}")
+        return value
+
+
+class RopeScaling(Settings):
     """RoPE frequency scaling, as HF's `rope_scaling` / `rope_parameters` spell it.
 
     linear  every inverse frequency divided by `factor` (position interpolation, Chen et al.
@@ -95,7 +123,7 @@ _ARCHITECTURE = ("model_type", "head_dim", "qkv_bias", "o_bias", "qk_norm", "max
 _INIT = ("init_std", "residual_init")
 
 
-class ModelConfig(BaseModel):
+class ModelConfig(Settings):
     """A LLaMA-style decoder. `n_layers = 0` is a bigram model (embedding, norm, head)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

@@ -74,13 +74,21 @@ def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
 
 def loss_impl(hidden: torch.Tensor, head: nn.Module) -> str:
     """Which implementation `linear_cross_entropy_sum` uses for these inputs (see module doc)."""
-    if not torch.is_grad_enabled():
-        return "loop"
     plain = type(head) is nn.Linear  # a subclass (an FSDP unit) must run its own forward
-    if plain and hidden.device.type == "cuda" and _liger_loss() is not None:
-        return "liger"
     fp32 = _compute_dtype(hidden) == torch.float32 and plain and head.weight.dtype == torch.float32
-    if fp32 and hasattr(nn, "LinearCrossEntropyOptions"):
+    return choose_loss_impl(hidden.device.type, grad=torch.is_grad_enabled(), plain_head=plain,
+                            fp32=fp32)
+
+
+def choose_loss_impl(device_type: str, *, grad: bool = True, plain_head: bool = True,
+                     fp32: bool = True) -> str:
+    """The rule behind `loss_impl`, for callers without tensors (the memory planner):
+    `plain_head` = the head is a plain nn.Linear, `fp32` = it computes in fp32 (no autocast)."""
+    if not grad:
+        return "loop"
+    if plain_head and device_type == "cuda" and _liger_loss() is not None:
+        return "liger"
+    if fp32 and plain_head and hasattr(nn, "LinearCrossEntropyOptions"):
         return "torch"
     return "checkpoint"
 

@@ -5,7 +5,9 @@ trainable parameters enter the optimizer, so frozen ones get no state at all.
 
 Carrying moments (`optimizer_state = "map"`): a parameter the new stage copied unchanged from
 exactly one parameter of the previous stage (provenance kind "copied") starts with that
-parameter's optimizer state; every other parameter starts fresh. The state layouts of AdamW
+parameter's optimizer state; after width growth that keeps old units in place (zero,
+width_random: MSG's G_random) a widened parameter starts with its old moments in the old
+units' slice and zeros for the new units, as MSG does; every other parameter starts fresh. The state layouts of AdamW
 (tensor `step`, moments of the parameter's shape) and GaLore (integer `step`, moments in the
 projected space, the projector) differ, so moments are carried only between stages with the
 same optimizer kind (`check_mappable`).
@@ -78,19 +80,60 @@ def _fits(state: dict, p: torch.Tensor) -> bool:
 
 
 def map_moments(opt: torch.optim.Optimizer, model: torch.nn.Module, old: dict[str, dict],
-                provenance: dict) -> int:
+                provenance: dict, slices: dict[str, list] | None = None) -> int:
     """Seed `opt`'s state for parameters copied unchanged from one old parameter (module
-    docstring). Returns how many parameters got carried state."""
+    docstring). With `slices` (width growth that keeps old units in place: name → per
+    dimension (new positions, old indices) or None, growlm.grow.width.inplace_positions), a
+    widened parameter gets its old parameter's AdamW moments in the old units' slice and zeros
+    elsewhere, as MSG carries them. Returns how many parameters got carried state."""
     mapped = 0
     names = {id(p): n for n, p in model.named_parameters()}
     for group in opt.param_groups:
         for p in group["params"]:
-            prov = provenance.get(names.get(id(p), ""), {})
-            if prov.get("kind") != "copied" or len(prov.get("sources", [])) != 1:
+            name = names.get(id(p), "")
+            prov = provenance.get(name, {})
+            if len(prov.get("sources", [])) != 1:
                 continue
             state = old.get(prov["sources"][0])
-            if state and _fits(state, p):
+            if not state:
+                continue
+            if prov.get("kind") == "copied" and _fits(state, p):
                 opt.state[p] = {k: v.clone().to(p.device) if torch.is_tensor(v) else v
                                 for k, v in state.items()}
                 mapped += 1
+            elif prov.get("kind") == "derived" and slices is not None and name in slices:
+                carried = _sliced(state, p, slices[name])
+                if carried is not None:
+                    opt.state[p] = carried
+                    mapped += 1
     return mapped
+
+
+def _sliced(state: dict, p: torch.Tensor, dims: list) -> dict | None:
+    """AdamW state for `p` with the old moments placed at the old units' positions."""
+    if "projector" in state or not all(torch.is_tensor(state.get(k)) for k in ("exp_avg", "exp_avg_sq")):
+        return None
+    old_shape = state["exp_avg"].shape
+    if len(old_shape) != p.dim():
+        return None
+    new_idx, old_idx = [], []
+    for axis, d in enumerate(dims):
+        if d is None:
+            if old_shape[axis] != p.shape[axis]:
+                return None
+            new_idx.append(torch.arange(p.shape[axis]))
+            old_idx.append(torch.arange(p.shape[axis]))
+        else:
+            new_idx.append(d[0])
+            old_idx.append(d[1])
+    if any(o.numel() and int(o.max()) >= n for o, n in zip(old_idx, old_shape)):
+        return None
+    out = {}
+    for k, v in state.items():
+        if k in ("exp_avg", "exp_avg_sq"):
+            t = torch.zeros(p.shape, dtype=v.dtype, device=p.device)
+            t[torch.meshgrid(*new_idx, indexing="ij")] = v.to(p.device)[torch.meshgrid(*old_idx, indexing="ij")]
+            out[k] = t
+        else:
+            out[k] = v.clone().to(p.device) if torch.is_tensor(v) else v
+    return out

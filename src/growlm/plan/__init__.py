@@ -8,9 +8,11 @@ the trainer.
 
 from growlm.plan.flops import FlopCount, count_flops
 from growlm.plan.memory import (
+    PeakEstimate,
     activation_bytes,
     adapter_params,
     adapter_params_by_linear,
+    estimate_peak,
     model_state_bytes,
     param_counts,
 )
@@ -22,10 +24,12 @@ _LAZY = {
     "solve_step": "growlm.plan.step_ip",
     "solve_step_budget": "growlm.plan.step_ip",
     "step_problem": "growlm.plan.step_ip",
+    "PeakTable": "growlm.plan.step_peak",
+    "solve_step_peak": "growlm.plan.step_peak",
 }
 
-__all__ = ["FlopCount", "count_flops", "activation_bytes", "adapter_params",
-           "adapter_params_by_linear", "model_state_bytes", "param_counts", *_LAZY]
+__all__ = ["FlopCount", "count_flops", "PeakEstimate", "activation_bytes", "adapter_params",
+           "adapter_params_by_linear", "estimate_peak", "model_state_bytes", "param_counts", *_LAZY]
 
 
 def __getattr__(name: str):

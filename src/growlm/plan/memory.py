@@ -1,100 +1,95 @@
-"""Memory of one training stage: parameter counts, model state, activations.
+"""Memory of one training stage: parameter counts, model state, and the step's peak.
 
-**Model state** (mixed precision with Adam, as both STEP and the reuse paper count it):
-a trainable parameter costs 16 bytes — bf16 weight (2) and gradient (2), fp32 master copy (4)
-and two fp32 Adam moments (8) — a frozen one only its bf16 weight (2 bytes), and an adapter
-parameter is trainable (16 bytes): ``16·P_trainable + 2·P_frozen + 16·P_adapter``.
+**Model state** is weights, gradients and optimizer state. Bytes per parameter depend on the
+precision (growlm.plan.precision): in the papers' bf16 mixed precision (Lee et al., STEP) a
+trainable parameter costs 16 bytes — bf16 weight (2) and gradient (2), fp32 master copy (4)
+and two fp32 Adam moments (8) — and a frozen one only its bf16 weight (2); growlm stores
+weights in fp32 (CPU and CUDA alike), so a trainable parameter is 4 + 4 + 8 = 16 bytes and a
+frozen one 4. An adapter parameter is trainable and fp32 (16 bytes) under every precision:
+``trainable·P_trainable + frozen·P_frozen + 16·P_adapter``. torch's AdamW also keeps a 4-byte
+step counter per parameter tensor (`optimizer_state` counts it; the papers' formula does not).
 
 **GaLore** (Zhao et al. 2024) keeps Adam's moments on a rank-r projection of each projected
-m×n gradient: such a weight costs its bf16 weight and gradient and fp32 master copy
-(8·m·n), two fp32 moments of r·max(m, n) values and the fp32 projector of r·min(m, n)
-values, ``8·m·n + 8·r·max(m, n) + 4·r·min(m, n)`` bytes instead of 16·m·n. The weights it
-does not project (embedding, head, norms) cost the usual 16 bytes.
+m×n gradient: such a weight costs its weight, gradient and master copy, two moments of
+r·max(m, n) values and a projector of r·min(m, n) values — in bf16 mixed precision
+``8·m·n + 8·r·max(m, n) + 4·r·min(m, n)`` bytes instead of 16·m·n. The weights it does not
+project (embedding, head, norms) cost the usual bytes.
 
-**Activations** per micro-batch of B sequences of T tokens, in the spirit of Korthikanti et
-al. 2022 ("Reducing Activation Recomputation in Large Transformer Models", whose GPT layer
-keeps ``T·B·d·(34 + 5·heads·T/d)`` bytes), redone for this model: RMSNorm, SwiGLU, no dropout,
-and a fused (flash / memory-efficient) attention kernel that keeps no T×T matrix. With
-``u = bytes_per_activation·T·B`` a layer keeps:
+**The peak** of a step (`estimate_peak`) is weights + optimizer state + buffers (RoPE tables)
++ the step's token batches + the largest of the moments of growlm.plan.activations (the loss,
+the backward through each layer) and the optimizer step: every gradient plus the optimizer's
+temporaries. Those temporaries: none for a fused AdamW (CUDA); two of the largest trainable
+tensor for torch's per-tensor AdamW (CPU: the square root of the second moment and the update
+built from it); for GaLore the largest of two such for an unprojected tensor and, for a
+projected m×n one, its projected gradient and update (2·r·max(m, n)) plus the update
+projected back (m·n). GaLore's SVD at a projector refresh is not counted.
 
-=====================================  ==============  =====================================
-tensor                                 size            kept when
-=====================================  ==============  =====================================
-input of input_layernorm               u·d             norm trainable or gradient reaches it
-its output (input of q, k, v)          u·d             q, k or v trainable / adapted
-inputs of the q/k norms (Qwen3)        u·(q + kv)      a gradient must reach q / k
-Q, K, V after RoPE                     u·(q + 2·kv)    the attention core needs a backward
-attention output (input of o_proj)     u·q             core backward (the kernel needs it) or
-                                                       o_proj trainable / adapted
-softmax log-sum-exp (fp32)             4·heads·T·B     core backward
-input of post_attention_layernorm      u·d             as for the first norm
-its output (input of gate, up)         u·d             gate or up trainable / adapted
-gate, up outputs and SiLU(gate)        3·u·f           a gradient must reach gate/up
-product (input of down_proj)           u·f             down trainable / adapted
-adapter bottleneck (A·x)               u·r             per adapted linear
-=====================================  ==============  =====================================
-
-Here q = n_heads·head_dim and kv = kv_heads·head_dim (q = d unless head_dim is set apart).
-For a trainable layer this is ``u·(16·d + 8·f)`` (MHA, no q/k norms), i.e. ≈ ``T·B·d·37`` bytes in bf16 with
-f = 8d/3 — the analogue of Korthikanti's 34. With ``fused_attention=False`` (eager softmax) the
-probabilities add ``bytes·heads·T²·B`` per layer (Korthikanti's 5·a·s/h term without the
-dropout mask and output). After the layers: the final norm's input (u·d), its output when the
-head trains (u·d), and the loss: fp32 log-probabilities plus their gradient at the start of the
-backward, ``8·T·B·V`` bytes. Frozen layers that no gradient reaches keep nothing.
-
-**Activation checkpointing** (each block recomputed in the backward): every layer the backward
-passes through keeps only its input (u·d), and one layer's full set is alive at a time while
-it is recomputed: ``Σ u·d + max_layer(full) + head and loss``.
-
-Workspace, fragmentation and temporary buffers are not modelled; measured peaks run higher.
+`benchmarks/memory_vs_plan.py` checks the estimate against the measured peak
+(growlm.memory_probe) across stage kinds, micro-batch sizes, sequence lengths, vocabularies
+and activation checkpointing on CPU.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import math
+from dataclasses import dataclass
 
 from growlm.errors import GrowlmError
 from growlm.model.config import ModelConfig
-from growlm.plan.layout import GATE_UP_SLOT, POST_NORM_SLOT, Trainability, layer_base
+from growlm.plan import activations as act
+from growlm.plan.layout import Trainability
+from growlm.plan.precision import ADAPTER_BYTES, BF16_MIXED, Precision
 
-BYTES_TRAINABLE = 16
-BYTES_FROZEN = 2
-BYTES_ADAPTER = 16
-LOSS_BYTES_PER_LOGIT = 8  # fp32 log-probs kept for the backward + their gradient
+# The papers' bf16 mixed-precision bytes per parameter (STEP's integer program uses these).
+BYTES_TRAINABLE = BF16_MIXED.trainable
+BYTES_FROZEN = BF16_MIXED.frozen
+BYTES_ADAPTER = ADAPTER_BYTES
+ADAM_STEP_BYTES = 4  # torch's AdamW keeps its step count as an fp32 tensor per parameter
 
 
-def model_state_bytes(trainable: int, frozen: int, adapter: int = 0) -> int:
+def model_state_bytes(trainable: int, frozen: int, adapter: int = 0,
+                      precision: Precision = BF16_MIXED) -> int:
     """Bytes of weights, gradients and Adam state (see the module docstring)."""
     for what, n in (("trainable", trainable), ("frozen", frozen), ("adapter", adapter)):
         if n < 0:
             raise GrowlmError(f"{what} parameter count must be ≥ 0, got {n}")
-    return BYTES_TRAINABLE * trainable + BYTES_FROZEN * frozen + BYTES_ADAPTER * adapter
+    return precision.trainable * trainable + precision.frozen * frozen + ADAPTER_BYTES * adapter
 
 
-def galore_matrix_bytes(shape: tuple[int, int], rank: int) -> int:
+def galore_matrix_bytes(shape: tuple[int, int], rank: int, precision: Precision = BF16_MIXED) -> int:
     """Model state of one GaLore-projected m×n weight (see the module docstring)."""
     m, n = shape
     r = min(rank, m, n)  # the SVD of an m×n gradient has min(m, n) directions
-    return 8 * m * n + 8 * r * max(m, n) + 4 * r * min(m, n)
+    per_weight = precision.weight + precision.grad + precision.master
+    return per_weight * m * n + precision.moment * (2 * r * max(m, n) + r * min(m, n))
 
 
-def galore_saving_bytes(shapes, rank: int) -> int:
-    """Bytes GaLore saves against AdamW's 16 per parameter on the projected `shapes`."""
-    return sum(BYTES_TRAINABLE * m * n - galore_matrix_bytes((m, n), rank) for m, n in shapes)
+def galore_saving_bytes(shapes, rank: int, precision: Precision = BF16_MIXED) -> int:
+    """Bytes GaLore saves against AdamW on the projected `shapes`."""
+    return sum(precision.trainable * m * n - galore_matrix_bytes((m, n), rank, precision)
+               for m, n in shapes)
 
 
-def galore_groups_saving(param_groups) -> int:
+def galore_groups_saving(param_groups, precision: Precision = BF16_MIXED) -> int:
     """`galore_saving_bytes` over a live GaLore optimizer's groups (those with a `rank`)."""
-    return sum(galore_saving_bytes([tuple(p.shape) for p in g["params"] if p.dim() == 2], g["rank"])
+    return sum(galore_saving_bytes([tuple(p.shape) for p in g["params"] if p.dim() == 2], g["rank"],
+                                   precision)
                for g in param_groups if g.get("rank") is not None)
 
 
-def galore_shapes(cfg: ModelConfig, frozen: set[str]) -> list[tuple[int, int]]:
+def galore_shapes(cfg: ModelConfig, frozen: set[str], adapters: dict[str, int] | int = 0
+                  ) -> list[tuple[int, int]]:
     """Shapes of the trainable weights growlm's GaLore projects: the 2-D ones outside the
     embedding and head (`growlm.optim.galore.DEFAULT_REGULAR`), each parameter once."""
+    state = Trainability(cfg, frozen, adapters)
+    shapes = {w.param: w.shape for w in state.weights}
+    return [shapes[name] for name in _galore_params(state)]
+
+
+def _galore_params(state: Trainability) -> list[str]:
     from growlm.optim.galore import DEFAULT_REGULAR
 
-    state = Trainability(cfg, frozen)
     seen: set[str] = set()
     out = []
     for w in state.weights:
@@ -102,7 +97,7 @@ def galore_shapes(cfg: ModelConfig, frozen: set[str]) -> list[tuple[int, int]]:
             continue
         seen.add(w.param)
         if not any(fnmatch.fnmatchcase(w.param, g) for g in DEFAULT_REGULAR):
-            out.append(w.shape)
+            out.append(w.param)
     return out
 
 
@@ -161,71 +156,139 @@ def tensor_bytes(tensors) -> int:
 
     return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
 
+# ---------------------------------------------------------------- the step's peak
 
-# ---------------------------------------------------------------- activations
+@dataclass(frozen=True)
+class PeakEstimate:
+    """Estimated bytes of one training step (module docstring); all figures in bytes."""
 
-def _layer_activations(state: Trainability, i: int, u: int, lse: int, probs: int) -> int:
-    """Bytes layer i keeps for its backward (table in the module docstring); u = bytes·T·B."""
-    cfg = state.cfg
-    d, f = cfg.d_model, cfg.hidden_dim
-    base = layer_base(i)
-    up = state.grad_reaches
-    p = f"layers.{i}."
-    w = {n.removeprefix(p): x for n, x in state.by_name.items() if x.layer == i}
-    act = state.active
-    needs = {x: state.projection_needs_grad(i, x) for x in "qkv"}
-    core = any(needs.values())
-    total = 0
-    if state.trainable(w["input_layernorm.weight"]) or up(base):
-        total += u * d
-    if any(act(w[f"self_attn.{x}_proj.weight"]) for x in "qkv"):
-        total += u * d
-    if core:
-        total += u * (cfg.q_dim + 2 * cfg.kv_dim) + lse + probs
-    if cfg.qk_norm:  # the norms keep their inputs (q_proj and k_proj outputs)
-        total += u * (cfg.q_dim * needs["q"] + cfg.kv_dim * needs["k"])
-    if core or act(w["self_attn.o_proj.weight"]):
-        total += u * cfg.q_dim
-    if cfg.block == "full":
-        gate, up_proj = w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"]
-        if state.trainable(w["post_attention_layernorm.weight"]) or up(base + POST_NORM_SLOT):
-            total += u * d
-        if act(gate) or act(up_proj):
-            total += u * d
-        if up(base + GATE_UP_SLOT) or act(gate) or act(up_proj):
-            total += 3 * u * f
-        if act(w["mlp.down_proj.weight"]):
-            total += u * f
-    total += sum(u * state.adapter_rank(x) for x in w.values() if state.adapted(x))
-    return total
+    precision: str
+    weights: int  # parameters as stored, adapters included
+    gradients: int  # every trainable parameter's gradient
+    optimizer_state: int  # moments, master copies, GaLore projectors, AdamW step counters
+    buffers: int  # the RoPE cos/sin tables
+    batches: int  # the step's int64 input and target tokens
+    activations: int  # kept for the backward when the forward ends
+    peak: int
+    moment: str  # when the peak happens: "loss forward", "backward, layer 3", "optimizer step"
+    moments: tuple[act.Moment, ...]  # every moment counted, in bytes above weights, optimizer
+    # state, buffers and batches
+
+    @property
+    def model_state(self) -> int:
+        return self.weights + self.gradients + self.optimizer_state
+
+    def as_dict(self) -> dict:
+        return {"precision": self.precision, "weights": self.weights, "gradients": self.gradients,
+                "optimizer_state": self.optimizer_state, "buffers": self.buffers,
+                "batches": self.batches,
+                "activations": self.activations, "peak": self.peak, "peak_moment": self.moment}
 
 
-def _after_layers(state: Trainability, u: int, batch: int, seq_len: int) -> int:
-    cfg = state.cfg
-    norm, head = (x for x in state.weights if x.name in ("norm.weight", "lm_head.weight"))
-    total = 0
-    if state.trainable(norm) or state.grad_reaches(norm.slot):
-        total += u * cfg.d_model
-    if state.active(head):
-        total += u * cfg.d_model
-    if state.first_active_slot <= head.slot:  # any backward at all starts at the loss
-        total += LOSS_BYTES_PER_LOGIT * batch * seq_len * cfg.vocab_size
+def _tensors(state: Trainability) -> list[tuple[str, tuple[int, ...], bool, bool]]:
+    """(name, shape, trainable, is an adapter factor) of every parameter tensor, LoRA's A and B
+    included."""
+    out, seen = [], set()
+    for w in state.weights:
+        if w.param in seen:
+            continue
+        seen.add(w.param)
+        out.append((w.param, w.shape, state.trainable(w), False))
+        if state.adapted(w):
+            r = state.adapter_rank(w)
+            out += [(f"{w.module}.lora_A", (r, w.shape[1]), True, True),
+                    (f"{w.module}.lora_B", (w.shape[0], r), True, True)]
+    return out
+
+
+def _optimizer(state: Trainability, prec: Precision, optimizer: str, galore_rank: int | None):
+    """(optimizer state bytes, temporaries of its step) for the trainable tensors. LoRA factors
+    are fp32 with fp32 moments and no master copy under every precision."""
+    tensors = [(name, s, adapter) for name, s, trainable, adapter in _tensors(state) if trainable]
+    projected = set(_galore_params(state)) if optimizer == "galore" else set()
+    moments = workspace = 0
+    for name, shape, adapter in tensors:
+        n = math.prod(shape)
+        moment, master = (4, 0) if adapter else (prec.moment, prec.master)
+        if name in projected or (optimizer == "galore" and adapter):  # GaLore projects LoRA's too
+            m, k = shape
+            r = min(galore_rank, m, k)
+            moments += master * n + moment * (2 * r * max(m, k) + r * min(m, k))
+            workspace = max(workspace, moment * (2 * r * max(m, k) + n))
+            continue
+        moments += (master + 2 * moment) * n
+        workspace = max(workspace, 2 * moment * n)
+    if optimizer == "adamw":
+        moments += ADAM_STEP_BYTES * len(tensors) if prec is not BF16_MIXED else 0
+        if prec.fused_optimizer:
+            workspace = 0
+    return moments, workspace
+
+
+def _weight_copies(state: Trainability, prec: Precision) -> int:
+    """Autocast's low-precision copies alive through the backward: trainable linears' (cached)
+    and frozen linears' on the gradient path (saved for their input gradient)."""
+    if not prec.weight_copy:
+        return 0
+    seen, total = set(), 0
+    for w in state.weights:
+        if w.kind != "linear" or w.param in seen:
+            continue
+        if state.trainable(w) or state.grad_reaches(w.slot) or state.adapted(w):
+            seen.add(w.param)
+            total += prec.weight_copy * w.params
     return total
 
 
 def activation_bytes(cfg: ModelConfig, batch: int, seq_len: int, frozen: set[str],
                      adapters: dict[str, int] | int = 0, *, checkpointing: bool = False,
-                     fused_attention: bool = True, bytes_per_activation: int = 2) -> int:
-    """Estimated activation bytes for one micro-batch of `batch` × `seq_len` tokens."""
-    if batch <= 0 or seq_len <= 0:
-        raise GrowlmError(f"micro-batch size and sequence length must be positive, got {batch}, {seq_len}")
+                     fused_attention: bool = True, precision: Precision = BF16_MIXED,
+                     loss_impl: str | None = None) -> int:
+    """Bytes kept for the backward when the forward of one micro-batch of `batch` × `seq_len`
+    tokens ends (growlm.plan.activations). Raises GrowlmError for a non-positive size."""
+    return act.activation_bytes(Trainability(cfg, frozen, adapters), act.Tokens(batch, seq_len),
+                                precision, loss_impl=loss_impl or default_loss_impl(precision),
+                                checkpointing=checkpointing, fused_attention=fused_attention)
+
+
+def default_loss_impl(prec: Precision) -> str:
+    """The chunked loss's implementation a run in `prec` uses without Liger-Kernel: torch's
+    fused op only with an fp32 head computing in fp32 (growlm.model.loss.loss_impl)."""
+    return "torch" if prec.activation == 4 and prec.weight == 4 else "checkpoint"
+
+
+def estimate_peak(cfg: ModelConfig, frozen: set[str], adapters: dict[str, int] | int, batch: int,
+                  seq_len: int, *, precision: Precision = BF16_MIXED, loss_impl: str | None = None,
+                  optimizer: str = "adamw", galore_rank: int | None = None,
+                  checkpointing: bool = False, accumulation: int = 1,
+                  fused_attention: bool = True) -> PeakEstimate:
+    """Peak bytes of one training step of micro-batches of `batch` × `seq_len` tokens, with
+    `accumulation` micro-batches per step (module docstrings of this module and of
+    growlm.plan.activations). `adapters` as for `Trainability`; `optimizer` "adamw" or
+    "galore" (with `galore_rank`); `loss_impl` defaults to `default_loss_impl(precision)`.
+
+    Raises GrowlmError for a non-positive batch, sequence length or accumulation count."""
+    if accumulation <= 0:
+        raise GrowlmError(f"gradient accumulation must be ≥ 1 micro-batch, got {accumulation}")
+    if optimizer == "galore" and not galore_rank:
+        raise GrowlmError("a GaLore estimate needs its rank")
+    tokens = act.Tokens(batch, seq_len)
     state = Trainability(cfg, frozen, adapters)
-    u = bytes_per_activation * batch * seq_len
-    lse = 4 * cfg.n_heads * batch * seq_len
-    probs = 0 if fused_attention else bytes_per_activation * cfg.n_heads * seq_len * seq_len * batch
-    layers = [_layer_activations(state, i, u, lse, probs) for i in range(cfg.n_layers)]
-    tail = _after_layers(state, u, batch, seq_len)
-    if not checkpointing:
-        return sum(layers) + tail
-    kept_inputs = sum(u * cfg.d_model for n in layers if n > 0)
-    return kept_inputs + max(layers, default=0) + tail
+    impl = loss_impl or default_loss_impl(precision)
+    seen: set[str] = set()
+    stored = sum(w.params for w in state.weights if not (w.param in seen or seen.add(w.param)))
+    weights = precision.weight * stored + 4 * sum(state.adapter_params.values())
+    optimizer_state, workspace = _optimizer(state, precision, optimizer, galore_rank)
+    timeline = act.step_moments(state, tokens, precision, loss_impl=impl, checkpointing=checkpointing,
+                                accumulation=accumulation, fused_attention=fused_attention)
+    gradients, activations = timeline.gradients, timeline.activations
+    copies = _weight_copies(state, precision)
+    moments = [act.Moment(m.name, m.bytes + copies) for m in timeline.moments]
+    if gradients:
+        moments.append(act.Moment("optimizer step", gradients + workspace))
+    rope = 2 * cfg.max_seq_len * cfg.head_size * 4  # cos and sin buffers, fp32
+    batches = accumulation * 2 * tokens.n * 8  # int64 inputs and targets
+    top = max(moments, key=lambda m: m.bytes, default=act.Moment("no backward", 0))
+    return PeakEstimate(precision.name, weights, gradients, optimizer_state, rope, batches,
+                        activations, weights + optimizer_state + rope + batches + top.bytes,
+                        top.name, tuple(moments))

@@ -92,7 +92,8 @@ def stage_bytes(problem: StepProblem, split: list[int]) -> list[int]:
     return out
 
 
-def _check_stages(problem: StepProblem, stages: int) -> None:
+def check_stages(problem, stages: int) -> None:
+    """GrowlmError unless 1 ≤ `stages` ≤ the problem's layer count."""
     if stages <= 0:
         raise GrowlmError(f"number of stages must be positive, got {stages}")
     if stages > problem.n_layers:
@@ -104,7 +105,7 @@ def _check_stages(problem: StepProblem, stages: int) -> None:
 
 def solve_step(problem: StepProblem, stages: int) -> StepSolution:
     """The split n_1..n_K (K = `stages`) with the smallest peak, by MILP (HiGHS)."""
-    _check_stages(problem, stages)
+    check_stages(problem, stages)
     L, K = problem.n_layers, stages
     if K == 1:
         split = [L]
@@ -137,20 +138,23 @@ def solve_step(problem: StepProblem, stages: int) -> StepSolution:
     return StepSolution(split, per_stage, max(per_stage), K)
 
 
-def solve_step_budget(problem: StepProblem, budget_bytes: int,
-                      max_stages: int | None = None) -> StepSolution:
+def solve_step_budget(problem, budget_bytes: int, max_stages: int | None = None,
+                      solve=None) -> StepSolution:
     """The smallest K (≤ `max_stages`, default L) whose optimal split fits `budget_bytes`.
+    `solve(problem, K)` finds the optimal split for K stages: `solve_step` (the default, for a
+    StepProblem) or growlm.plan.step_peak.solve_step_peak (for a PeakTable).
 
     When none fits, returns the split with the lowest peak over all K with ``fits=False``
     (callers report it; it is an answer, not an error)."""
     if budget_bytes <= 0:
         raise GrowlmError(f"memory budget must be positive, got {budget_bytes} bytes")
+    solve = solve or solve_step
     max_stages = problem.n_layers if max_stages is None else max_stages
-    _check_stages(problem, max_stages)
+    check_stages(problem, max_stages)
     best: StepSolution | None = None
     peaks: dict[int, int] = {}
     for k in range(1, max_stages + 1):
-        sol = solve_step(problem, k)
+        sol = solve(problem, k)
         peaks[k] = sol.peak_bytes
         if sol.peak_bytes <= budget_bytes:
             sol.fits, sol.budget_bytes, sol.per_k_peak_bytes = True, budget_bytes, peaks

@@ -74,12 +74,14 @@ class Row:
     # The names from before the four memory figures, kept for callers that read them.
     @property
     def peak_estimated(self) -> int:
-        """The model-state estimate (the papers' 16/2 bytes formula), 0 when unknown."""
+        """The model-state estimate by formula (in the run's precision; runs from before the
+        stage records named one: the papers' 16/2 bytes), 0 when unknown."""
         return self.memory.get("model_state_estimated_bytes") or 0
 
     @property
     def peak_measured(self) -> int:
-        """The allocator's measured peak where recorded, else measured model-state bytes."""
+        """The measured peak of live bytes (activations included) where recorded, else the
+        measured model-state bytes."""
         return self.memory.get(self._measured_key) or 0
 
     @property
@@ -158,10 +160,10 @@ def summarize(runs: Sequence[Run], baseline: Run, interp: str = "log",
 
 def load_runs(paths: Sequence[str | Path | Run], baseline: str | Path | Run) -> tuple[list[Run], Run]:
     """Load run dirs (Run objects pass through); the baseline is included once, first."""
-    base = baseline if isinstance(baseline, Run) else load_run(baseline)
+    base = _with_steps(baseline if isinstance(baseline, Run) else load_run(baseline))
     runs = [base]
     for p in paths:
-        run = p if isinstance(p, Run) else load_run(p)
+        run = _with_steps(p if isinstance(p, Run) else load_run(p))
         if run is base or run.path.resolve() == base.path.resolve():
             continue
         if any(run.path.resolve() == r.path.resolve() for r in runs):
@@ -169,6 +171,15 @@ def load_runs(paths: Sequence[str | Path | Run], baseline: str | Path | Run) -> 
         runs.append(run)
     unique_names(runs)
     return runs, base
+
+
+def _with_steps(run: Run) -> Run:
+    """A run to compare must have logged training steps; an empty or unreadable metrics.jsonl
+    would otherwise give a report with nothing measured in it."""
+    if not run.steps:
+        why = f" ({run.problems[0]})" if run.problems else ""
+        raise GrowlmError(f"{run.path}: metrics.jsonl holds no training steps{why}; nothing to compare")
+    return run
 
 
 # ---------------------------------------------------------------- eval tables

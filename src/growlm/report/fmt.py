@@ -19,13 +19,20 @@ MEMORY_LABELS = {  # the four memory figures of docs/metrics.md, each under its 
 MEMORY_SHORT = {"model_state_estimated_bytes": "state est.", "model_state_bytes": "state meas.",
                 "peak_estimated_bytes": "peak est.", "peak_measured_bytes": "peak meas."}
 MEMORY_MEANING = {
-    "model_state_estimated_bytes": "16·P_trainable + 2·P_frozen + 16·P_adapter bytes (bf16 weights "
-                                   "and gradients, fp32 Adam moments and master copy; the papers' "
-                                   "formula, growlm.plan.memory)",
+    "model_state_estimated_bytes": "weights, gradients and optimizer state by formula "
+                                   "(growlm.plan.memory) in the run's precision: in growlm's fp32 "
+                                   "storage 16 bytes per trainable and 4 per frozen parameter (runs "
+                                   "from before the stage records named a precision: the papers' "
+                                   "bf16 16 and 2)",
     "model_state_bytes": "the live bytes of weights, gradients and optimizer state after an "
                          "optimizer step (activations not included)",
-    "peak_estimated_bytes": "the planner's model state plus activations (growlm plan)",
-    "peak_measured_bytes": "the allocator's peak during training, activations included",
+    "peak_estimated_bytes": "the planner's estimate of a training step's peak for the run's device "
+                            "and precision: weights and optimizer state plus the largest moment of "
+                            "the step (loss, backward or optimizer step), activations included "
+                            "(growlm.plan.memory)",
+    "peak_measured_bytes": "the largest peak of live bytes over the stage's probed steps, "
+                           "activations included (the CPU allocator's events, or CUDA's "
+                           "max_memory_allocated; run.memory_probe_steps)",
 }
 
 

@@ -29,6 +29,16 @@ def vocab_tensors(run: Run) -> dict:
     return out
 
 
+def check_neighbours(k: int, runs: Sequence[Run]) -> None:
+    """Refuse a K that is not below every run's vocabulary size (each token's neighbours
+    exclude itself), before any checkpoint is read."""
+    sizes = [(r.config.get("model") or {}).get("vocab_size") for r in runs]
+    smallest = min((v for v in sizes if isinstance(v, int)), default=None)
+    if smallest is not None and not 1 <= k < smallest:
+        raise GrowlmError(f"--neighbours {k}: must be between 1 and {smallest - 1} (the vocabulary "
+                          f"has {smallest} tokens, and a token is not its own neighbour)")
+
+
 def overlap_table(runs: Sequence[Run], baseline: Run, k: int = 100, progress: bool = True
                   ) -> list[tuple[str, float | None, float | None]]:
     """(run, embedding overlap, head overlap) with the baseline for every other run.
@@ -60,7 +70,7 @@ def overlap_table(runs: Sequence[Run], baseline: Run, k: int = 100, progress: bo
                 if a is None or b is None or a.shape[0] != b.shape[0]:
                     values.append(None)
                 else:
-                    values.append(neighbour_overlap(a, b, k=min(k, a.shape[0] - 1)))
+                    values.append(neighbour_overlap(a, b, k=k))  # refuses k >= vocabulary
                 bar.update(1)
             rows.append((run.name, *values))
     return rows

@@ -2,7 +2,9 @@
 
 Legends sit under the panels (never over a bar), text is 10 points at 10 × 4.6 inches, and a
 measured figure is labelled with what it measured: model state (weights, gradients, optimizer
-state) or the allocator's peak (activations included).
+state) or the peak of live bytes (activations included). The bars are in the plan's precision
+(the papers' bf16 by default); a measured peak is drawn beside the run's own estimate for its
+device, which is the figure it can be compared with.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ def plot_plan(plan: dict, path: Path, formats: Sequence[str] = ()) -> Path:
         ax_mem, ax_flops = fig.subplots(1, 2)
         stages = plan["stages"]
         names = [s["name"] for s in stages] + ["baseline\n(same tokens)"]
-        _memory_panel(ax_mem, stages + [plan["baseline"]], stages)
+        precision = (plan.get("memory_precision") or {}).get("name", "bf16 weights, fp32 Adam")
+        _memory_panel(ax_mem, stages + [plan["baseline"]], stages, precision)
         _flops_panel(ax_flops, stages + [plan["baseline"]], stages)
         for ax in (ax_mem, ax_flops):
             ax.set_xticks(range(len(names)), names)
@@ -63,22 +66,44 @@ def plot_plan(plan: dict, path: Path, formats: Sequence[str] = ()) -> Path:
     return path
 
 
-def _memory_panel(ax, entries: list[dict], stages: list[dict]) -> None:
+def _memory_panel(ax, entries: list[dict], stages: list[dict], precision: str) -> None:
+    """Bars: the estimated model state and the rest of the estimated peak (activations and
+    workspace at the step's peak moment; older plans: the activations) in the plan's
+    precision. Markers: the peak with activation checkpointing; per stage the run's own
+    peak estimate (its device's precision) beside what the run measured."""
     x = range(len(entries))
-    top = max(e["memory"]["model_state_bytes"] + e["memory"]["activation_bytes"] for e in entries)
+
+    def peak(e: dict) -> float:
+        m = e["memory"]
+        return m.get("total_bytes") or m["model_state_bytes"] + m["activation_bytes"]
+
+    marks = [(s.get("measured") or {}).get(k) for s in stages for k, _, _ in MEASURED]
+    marks += [s["as_run"]["peak_bytes"] for s in stages if s.get("as_run") and s.get("measured")]
+    top = max([peak(e) for e in entries] + [float(v) for v in marks if v])
     unit, scale = ("GiB", GIB) if top >= GIB else ("MiB", 2**20)
     state = [e["memory"]["model_state_bytes"] / scale for e in entries]
-    act = [e["memory"]["activation_bytes"] / scale for e in entries]
+    rest = [peak(e) / scale - s for e, s in zip(entries, state)]
     ckpt = [e["memory"]["total_bytes_checkpointed"] / scale for e in entries]
-    ax.bar(x, state, color="#4C72B0", label="model state, estimated")
-    ax.bar(x, act, bottom=state, color="#A6BDDB", label="+ activations, estimated")
+    ax.bar(x, state, color="#4C72B0", label="model state, est.")
+    label = ("+ activations & workspace at peak, est."
+             if any("total_bytes" in e["memory"] for e in entries) else "+ activations, est.")
+    ax.bar(x, rest, bottom=state, color="#A6BDDB", label=label)
     ax.scatter(x, ckpt, marker="_", s=500, linewidths=2, color="black", zorder=3,
                label="peak with act. checkpointing, est.")
-    current = any((s.get("measured") or {}).get(k) for s in stages for k, _, _ in MEASURED[:2])
-    for key, label, marker in MEASURED if not current else MEASURED[:2]:
-        _measured(ax, stages, key, scale, label, marker)
+    as_run = [(i, s["as_run"]["peak_bytes"] / scale) for i, s in enumerate(stages)
+              if s.get("as_run") and s.get("measured")]
+    if as_run:
+        names = sorted({s["as_run"]["precision"] for s in stages if s.get("as_run") and s.get("measured")})
+        ax.scatter(*zip(*as_run), marker="x", s=40, color="#C44E52", zorder=4,
+                   label=f"peak as run ({', '.join(names)}), est.")
+    # a measured peak is drawn beside the run's own estimate; measured model state only where
+    # no peak was measured (it is in the plan's table either way)
+    peaks = any((s.get("measured") or {}).get("peak_measured_bytes") for s in stages)
+    current = peaks or any((s.get("measured") or {}).get("model_state_bytes") for s in stages)
+    for key, text, marker in (MEASURED[1:2] if peaks else MEASURED[:2] if current else MEASURED):
+        _measured(ax, stages, key, scale, text, marker)
     ax.set_ylabel(unit)
-    ax.set_title("memory per stage (bf16 weights, fp32 Adam)")
+    ax.set_title(f"memory per stage ({precision})")
 
 
 def _flops_panel(ax, entries: list[dict], stages: list[dict]) -> None:

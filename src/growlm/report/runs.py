@@ -174,14 +174,18 @@ def _bytes(value) -> int | None:
 def stage_memory(memory: dict, legacy_device: str = "cpu") -> dict:
     """A stage record's memory figures under their own names, None where not recorded:
     model_state_estimated_bytes (formula), model_state_bytes (measured live weights, gradients
-    and optimizer state), peak_estimated_bytes (planner: model state + activations),
-    peak_measured_bytes (the allocator's peak, activations included) and peak_measured_by.
+    and optimizer state), peak_estimated_bytes (the planner's step peak), estimate_precision
+    (what the two estimates assume; None for records from before it was logged),
+    peak_measured_bytes (the measured peak of live bytes, activations included) and peak_measured_by.
 
     Records written before these names had "estimated_bytes" (the model-state formula) and
     "measured_peak_bytes", which on CPU counted the live model-state bytes and on CUDA was
     torch.cuda.max_memory_allocated; `legacy_device` says which of the two it was."""
     out: dict = {k: _bytes(memory.get(k)) for k in MEMORY_KEYS}
     out["peak_measured_by"] = memory.get("peak_measured_by") if out["peak_measured_bytes"] else None
+    # the estimates' precision; without one they are the papers' bf16 figures, which a
+    # measurement is not compared with
+    out["estimate_precision"] = memory.get("estimate_precision")
     if out["model_state_estimated_bytes"] is None:
         out["model_state_estimated_bytes"] = _bytes(memory.get("estimated_bytes"))
     old = _bytes(memory.get("measured_peak_bytes"))

@@ -74,8 +74,9 @@ def memory_notes(runs: Sequence[Run], rows: Sequence[cmp.Row]) -> list[str]:
     if by:
         notes.append(f"Peak measured by: {', '.join(by)}.")
     if "peak_measured_bytes" not in keys:
-        notes.append("No run recorded the allocator's peak (CPU runs, or runs from an older "
-                     "growlm), so no measured peak is shown; what was measured is model state.")
+        notes.append("No run recorded a measured peak (runs from an older growlm, or with "
+                     "run.memory_probe_steps = 0), so no measured peak is shown; what was measured "
+                     "is model state.")
     legacy = [r.name for r in runs if r.legacy_memory]
     if legacy:
         notes.append(f"{', '.join(legacy)}: memory records from an older growlm; their "
@@ -87,6 +88,7 @@ def memory_notes(runs: Sequence[Run], rows: Sequence[cmp.Row]) -> list[str]:
 def stage_table(runs: Sequence[Run]) -> Table:
     stages = [(r, s) for r in runs for s in r.stages()]
     keys = [k for k in MEMORY_KEYS if any(s["memory"][k] for _, s in stages)]
+    ratio = any(_peak_ratio(s["memory"]) for _, s in stages)
     rows = []
     for r, s in stages:
         p, fpt = s["params"], s["flops_per_token"]
@@ -95,10 +97,21 @@ def stage_table(runs: Sequence[Run]) -> Table:
                      str(s["steps"] or "-"), human_count(p.get("trainable", 0)),
                      human_count(p.get("frozen", 0)), human_count(p.get("adapter", 0)),
                      human_count(fpt.get("exact", 0)),
-                     *(fmt_bytes(s["memory"][k]) for k in keys), "yes" if s["done"] else "no"])
+                     *(fmt_bytes(s["memory"][k]) for k in keys),
+                     *([_peak_ratio(s["memory"]) or "-"] if ratio else []), "yes" if s["done"] else "no"])
     header = ["run", "stage", "layers", "steps", "trainable", "frozen", "adapter",
-              "FLOPs/token (exact)", *(MEMORY_LABELS[k] for k in keys), "done"]
+              "FLOPs/token (exact)", *(MEMORY_LABELS[k] for k in keys),
+              *(["peak measured / estimated"] if ratio else []), "done"]
     return Table(header, rows, "ll" + "r" * (len(header) - 3) + "l")
+
+
+def _peak_ratio(memory: dict) -> str | None:
+    """Measured / estimated peak of a stage, only where the estimate names its precision (the
+    run's own; older records held the papers' bf16 figure, not comparable with a measurement)."""
+    measured, estimated = memory.get("peak_measured_bytes"), memory.get("peak_estimated_bytes")
+    if not (measured and estimated and memory.get("estimate_precision")):
+        return None
+    return f"{measured / estimated:.3f}"
 
 
 def eval_blocks(runs: Sequence[Run]) -> list:

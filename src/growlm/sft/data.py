@@ -3,7 +3,8 @@
 Accepted inputs (`read_records`):
   * a local ``.json`` file holding a JSON array of records, or a JSON-lines file
     (``.jsonl``, ``.ndjson``, or ``.json`` whose first character is not ``[``);
-  * a HF hub dataset name (read with `datasets`, imported only then), e.g. ``tatsu-lab/alpaca``.
+  * a HF hub dataset name (read with `datasets`, imported only then), e.g. ``tatsu-lab/alpaca``;
+  * ``builtin:tiny-instructions``, growlm's own small offline set (growlm.sft.builtin).
 
 Record formats (decided by the first record unless given):
   * Alpaca: ``{"instruction": str, "input": str (optional), "output": str}``;
@@ -38,6 +39,7 @@ from tokenizers import Tokenizer
 
 from growlm.data.tokenizer import bos_policy
 from growlm.errors import GrowlmError
+from growlm.sft.builtin import builtin_records, is_builtin
 from growlm.sft.template import ROLES, Segment, Template
 
 ROLE_ALIASES = {**{r: r for r in ROLES}, "human": "user", "gpt": "assistant"}
@@ -84,6 +86,8 @@ def read_records(spec: str, fmt: str = "auto", split: str = "train") -> list[Rec
 
 def _raw_rows(spec: str, split: str) -> Iterator[tuple[str, object]]:
     path = Path(spec).expanduser()
+    if is_builtin(spec) and not path.exists():
+        return ((f"{spec}: record {i}", r) for i, r in enumerate(builtin_records(spec), 1))
     if path.is_dir():
         raise GrowlmError(f"{spec} is a directory; give a .json/.jsonl file or a HF dataset name")
     if path.is_file():

@@ -56,13 +56,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to run the model (default: cuda when available)")
 
 
-def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_p: float, seed: int = 0) -> None:
     if max_new_tokens < 1:
         raise GrowlmError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    if not temperature >= 0:
-        raise GrowlmError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 <= temperature < float("inf"):
+        raise GrowlmError(f"--temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
     if not 0 < top_p <= 1:
         raise GrowlmError(f"--top-p must be in (0, 1], got {top_p}")
+    if not 0 <= seed <= MAX_SEED:
+        raise GrowlmError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
 
 
 # ---------------------------------------------------------------- loading
@@ -132,7 +137,7 @@ def generate_ids(
     seed: int = 0,
 ) -> list[int]:
     """New token ids after `prompt_ids` (without the final EOS)."""
-    check_sampling(max_new_tokens, temperature, top_p)
+    check_sampling(max_new_tokens, temperature, top_p, seed)
     if not prompt_ids:
         raise GrowlmError("the prompt is empty")
     device = next(model.parameters()).device
@@ -187,7 +192,7 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str, policy) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_sampling(args.max_new_tokens, args.temperature, args.top_p)
+    check_sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed)
     if args.input and args.template is None:
         raise GrowlmError("--input needs --template (it fills the template's {input})")
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -57,6 +57,7 @@ class BuiltStage:
     relora: object | None = None
     opt_state: str = "reset"  # "reset", "mapped (N tensors)" or "restored"
     module: nn.Module | None = None  # what the train step calls (DDP / compiled wrapper)
+    growth: object | None = None  # a running growth phase (growlm.train.growth), else None
 
     @property
     def trainable(self) -> list[nn.Parameter]:
@@ -102,8 +103,9 @@ def new_model(cfg: ModelConfig, seed: int | None, device: torch.device | str = "
 
 
 def _initial_weights(cfg, stage, handoff: HandOff | None, model: Transformer, meta: bool):
-    """(weights, provenance) the stage starts from: fresh, the init source, or grown from the
-    previous stage (growlm.grow: a pure function of the old state and the fresh one)."""
+    """(weights, provenance, source) the stage starts from: fresh, the init source, or grown
+    from the previous stage (growlm.grow: a pure function of the old state and the fresh one).
+    `source` is (old shape, old state, growth maps or None) when the stage grows, else None."""
     spec, where = stage.spec, f"{cfg.source}: {stage.where}"
     fresh = model.state_dict()
     if handoff is None and spec.init is not None:
@@ -118,16 +120,26 @@ def _initial_weights(cfg, stage, handoff: HandOff | None, model: Transformer, me
 
                 src_cfg, src = load_init(spec.init, "init")
         if spec.grow is None:
-            return src, {n: prov.copied(n) for n in fresh}
+            return src, {n: prov.copied(n) for n in fresh}, None
         handoff = HandOff(src_cfg.with_(**_settings(stage.model, src_cfg)), src)
     if handoff is None:
-        return fresh, {n: prov.new() for n in fresh}
+        return fresh, {n: prov.new() for n in fresh}, None
     if spec.grow is None:
-        return handoff.state, {n: prov.copied(n) for n in fresh}
-    from growlm.grow import grow
+        return handoff.state, {n: prov.copied(n) for n in fresh}, None
+    from growlm.grow import check_growth, grow
+    from growlm.grow.checks import LEARN_OPS
 
+    maps = None
     with at(where):
-        return grow(handoff.state, handoff.model, stage.model, spec.grow, fresh=fresh)
+        if spec.grow.op in LEARN_OPS:
+            from growlm.grow.ligo import init_maps
+
+            check_growth(handoff.model, stage.model, spec.grow)
+            # the maps' random rows: the stage's seed, a stream of their own
+            gen = None if meta else torch.Generator().manual_seed(stage_seed(cfg.run.seed, stage.index) + 2**33)
+            maps = init_maps(handoff.model, stage.model, spec.grow, generator=gen, device=META if meta else "cpu")
+        state, provenance = grow(handoff.state, handoff.model, stage.model, spec.grow, fresh=fresh, maps=maps)
+    return state, provenance, (handoff.model, handoff.state, maps)
 
 
 def _settings(model: ModelConfig, src: ModelConfig) -> dict:
@@ -194,7 +206,7 @@ def enter_stage(cfg, stage, handoff: HandOff | None, previous=None, *, parallel=
     meta = torch.device(device).type == "meta"
     seed = stage_seed(cfg.run.seed, stage.index)
     model = new_model(stage.model, seed, META if meta else "cpu")
-    state, provenance = _initial_weights(cfg, stage, handoff, model, meta)
+    state, provenance, source = _initial_weights(cfg, stage, handoff, model, meta)
     if not meta:
         _load(model, state, f"{cfg.source}: {stage.where}")
     if stage.spec.optimizer_state == "map":
@@ -209,9 +221,24 @@ def enter_stage(cfg, stage, handoff: HandOff | None, previous=None, *, parallel=
     if stage.spec.optimizer_state == "map" and handoff is not None and handoff.moments:
         from growlm.optim.build import map_moments
 
-        n = map_moments(built.optimizer, built.model, handoff.moments, provenance)
+        slices = None
+        if spec_op(stage) in ("zero", "width_random") and source is not None:
+            from growlm.grow.width import inplace_positions
+
+            slices = inplace_positions(source[0], stage.model)  # MSG: the old slice keeps its moments
+        n = map_moments(built.optimizer, built.model, handoff.moments, provenance, slices)
         built.opt_state = f"mapped ({n} tensors)"
+    if source is not None:
+        from growlm.train.growth import make_phase
+
+        old, small, maps = source
+        with at(f"{cfg.source}: {stage.where}"):
+            built.growth = make_phase(cfg, stage, built, old, small, maps, device)
     return built
+
+
+def spec_op(stage) -> str | None:
+    return stage.spec.grow.op if stage.spec.grow is not None else None
 
 
 def rebuild_stage(cfg, stage, provenance: dict, weights: dict | None = None, *, parallel=None,
@@ -280,11 +307,39 @@ def adapter_params_by_linear(model: nn.Module) -> dict[str, int]:
     return {name: m.lora_A.numel() + m.lora_B.numel() for name, m in adapter_modules(model).items()}
 
 
-def stage_accounting(built: BuiltStage, cfg) -> dict:
+def accumulation_steps(cfg, world_size: int = 1) -> int:
+    """Micro-batches per optimizer step on each rank (at least 1)."""
+    seqs = cfg.train.global_batch_tokens // cfg.data.seq_len
+    return max(1, seqs // (cfg.train.micro_batch_size * world_size))
+
+
+def stage_memory(built: BuiltStage, cfg, precision=None, *, device_type: str = "cpu",
+                 world_size: int = 1, checkpointing: bool | None = None):
+    """growlm.plan.memory.estimate_peak for a built stage as `cfg` runs it: its frozen set,
+    adapters, optimizer, micro-batch, accumulation and loss implementation on `device_type`
+    (fp32 on CPU, bf16 autocast on CUDA), in `precision` (default: the device's) and with
+    `checkpointing` (default: run.activation_checkpointing)."""
+    from growlm.model.loss import choose_loss_impl
+    from growlm.plan.memory import estimate_peak
+    from growlm.plan.precision import run_precision
+
+    cuda = device_type == "cuda"
+    prec = precision or run_precision(device_type)
+    plain_head = type(built.model.lm_head) is nn.Linear
+    impl = choose_loss_impl(device_type, plain_head=plain_head, fp32=not cuda and prec.activation == 4)
+    galore = [g["rank"] for g in built.optimizer.param_groups if g.get("rank") is not None]
+    return estimate_peak(
+        built.stage.model, built.frozen, adapter_params_by_linear(built.model),
+        cfg.train.micro_batch_size, cfg.data.seq_len, precision=prec, loss_impl=impl,
+        optimizer="galore" if galore else "adamw", galore_rank=galore[0] if galore else None,
+        checkpointing=cfg.run.activation_checkpointing if checkpointing is None else checkpointing,
+        accumulation=accumulation_steps(cfg, world_size))
+
+
+def stage_accounting(built: BuiltStage, cfg, *, device_type: str = "cpu", world_size: int = 1) -> dict:
     """Parameters, FLOPs per token and estimated memory of a built stage, as the trainer logs
-    them and the planner prints them (growlm.plan.flops, growlm.plan.memory)."""
+    them (growlm.plan.flops, growlm.plan.memory); memory for the run on `device_type`."""
     from growlm.plan.flops import count_flops
-    from growlm.plan.memory import activation_bytes, galore_groups_saving, model_state_bytes
 
     adapters = adapter_params_by_linear(built.model)
     seen, trainable, frozen = set(), 0, 0
@@ -297,16 +352,22 @@ def stage_accounting(built: BuiltStage, cfg) -> dict:
         else:
             frozen += p.numel()
     n_adapter = sum(adapters.values())
-    stage, seq_len = built.stage, cfg.data.seq_len
-    fc = count_flops(stage.model, built.frozen, adapters, seq_len)
-    state = model_state_bytes(trainable, frozen, n_adapter) - galore_groups_saving(built.optimizer.param_groups)
-    act = activation_bytes(stage.model, cfg.train.micro_batch_size, seq_len, built.frozen, adapters,
-                           checkpointing=cfg.run.activation_checkpointing)
-    return {
+    fc = count_flops(built.stage.model, built.frozen, adapters, cfg.data.seq_len)
+    est = stage_memory(built, cfg, device_type=device_type, world_size=world_size)
+    acct = {
         "params": {"trainable": trainable, "frozen": frozen, "adapter": n_adapter,
                    "total": trainable + frozen + n_adapter},
         "flops_per_token": {"6nd": int(fc.six_nd), "exact": int(fc.exact_total),
                             "attention": int(fc.attention)},
-        "memory": {"model_state_estimated_bytes": int(state), "activation_estimated_bytes": int(act),
-                   "peak_estimated_bytes": int(state + act)},
+        "memory": {"model_state_estimated_bytes": est.model_state,
+                   "activation_estimated_bytes": est.activations,
+                   "peak_estimated_bytes": est.peak, "estimate_precision": est.precision},
     }
+    if getattr(built.growth, "kind", None) == "learn":
+        # the learning phase's own costs (growlm.train.growth); the stage's peak is the larger
+        from growlm.plan.precision import PRECISIONS
+
+        learn = built.growth.accounting(cfg, PRECISIONS[est.precision])
+        acct["growth_phase"] = learn
+        acct["memory"]["peak_estimated_bytes"] = max(est.peak, learn["memory"]["peak_estimated_bytes"])
+    return acct

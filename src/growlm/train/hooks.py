@@ -3,9 +3,11 @@
 A hook implements any of
 
     stage_start(trainer, built, start_step)     a stage begins (or resumes)
+    step_start(trainer, built, stage_step)      a step begins (0-based step of the stage)
     pre_backward(loss, micro) -> loss           a micro-batch's loss, before its backward
     post_backward(built)                        every micro-batch's backward is done
     post_update(built)                          the optimizer stepped; gradients still alive
+    step_record(trainer, built, record)         the step is done; may add to its record
     step_end(trainer, built, record, last)      the step's metrics record was written
     stage_end(trainer, built)                   the stage's steps are done, before the boundary
 
@@ -29,6 +31,9 @@ class Hook:
     def stage_start(self, trainer, built, start_step: int) -> None:
         pass
 
+    def step_start(self, trainer, built, stage_step: int) -> None:
+        pass
+
     def pre_backward(self, loss: torch.Tensor, micro: int) -> torch.Tensor:
         return loss
 
@@ -36,6 +41,9 @@ class Hook:
         pass
 
     def post_update(self, built) -> None:
+        pass
+
+    def step_record(self, trainer, built, record: dict) -> None:
         pass
 
     def step_end(self, trainer, built, record: dict, last: bool) -> None:
@@ -64,6 +72,75 @@ class ModelStateBytes(Hook):
             grads = [p.grad for p in params if p.grad is not None]
             states = [v for s in built.optimizer.state.values() for v in s.values()]
             self.bytes = tensor_bytes(params) + tensor_bytes(grads) + tensor_bytes(states)
+
+
+class PeakMemoryProbe(Hook):
+    """The peak of live bytes during whole training steps, activations included
+    (growlm.memory_probe.PeakMemory: the CPU allocator's events, or CUDA's
+    max_memory_allocated reset at each step), on the first `first` steps of every stage (of a
+    resumed stage too) and on every `every`-th step of a stage (0: never). Each probed step's
+    record gets its `peak_measured_bytes`; `peak_bytes` and `measured_by` hold the stage's
+    largest so far, for its end record. The probe only observes the allocator: no computed
+    number changes (tests/train/test_trainer.py)."""
+
+    LABELS = {"cuda_allocator": "torch.cuda.max_memory_allocated",
+              "cpu_allocator_events": "torch CPU allocator events",
+              "process_rss": "process peak resident size (profiler in use)",
+              "process_rss_lifetime": "process lifetime peak resident size (profiler in use)"}
+
+    def __init__(self, first: int, every: int, device: torch.device):
+        self.first, self.every, self.device = first, every, device
+        self.peak_bytes: int | None = None
+        self.method: str | None = None
+        self.steps: list[int] = []  # stage steps probed, from 1
+        self._until = 0
+        self._window = None
+
+    def close(self) -> None:
+        """End a window a step left open by raising (a rollback, a stop): the profiler must
+        not keep running in the process."""
+        if self._window is not None:
+            self._window.stop()
+            self._window = None
+
+    def stage_start(self, trainer, built, start_step) -> None:
+        self.close()
+        self.peak_bytes, self.method, self.steps = None, None, []
+        self._until = start_step + self.first
+
+    def step_start(self, trainer, built, stage_step) -> None:
+        from growlm.memory_probe import PeakMemory
+
+        self.close()
+        if stage_step < self._until or (self.every and (stage_step + 1) % self.every == 0):
+            self._window = PeakMemory(self.device).start()
+            self.steps.append(stage_step + 1)
+
+    def step_record(self, trainer, built, record) -> None:
+        if self._window is None:
+            return
+        window, self._window = self._window.stop(), None
+        record["peak_measured_bytes"] = window.peak_bytes
+        if self.peak_bytes is None or window.peak_bytes > self.peak_bytes:
+            self.peak_bytes, self.method = window.peak_bytes, window.method
+
+    @property
+    def measured_by(self) -> str | None:
+        if self.peak_bytes is None:
+            return None
+        return f"{self.LABELS.get(self.method, self.method)}, stage steps {_ranges(self.steps)}"
+
+
+def _ranges(steps: list[int], most: int = 6) -> str:
+    """[1, 2, 3, 10, 20] → "1-3, 10, 20" (at most `most` runs, then "...")."""
+    runs: list[list[int]] = []
+    for s in steps:
+        if runs and runs[-1][1] == s - 1:
+            runs[-1][1] = s
+        else:
+            runs.append([s, s])
+    text = [f"{a}-{b}" if b > a else str(a) for a, b in runs[:most]]
+    return ", ".join(text) + (", ..." if len(runs) > most else "")
 
 
 class FaultInjection(Hook):
@@ -99,6 +176,45 @@ class FaultInjection(Hook):
         fault("train_step")
 
 
+class CompileWatch(Hook):
+    """Counts the graphs torch.compile builds in each stage (`run.compile = true`).
+
+    A stage compiles its graphs in its first step (in this process: a resumed stage compiles
+    again). A graph built after that is a recompilation, which on a GPU can cost as much as
+    hundreds of steps; the stage's end warns about it. `stages` maps the stage number to
+    {"first_step": graphs built in the first step, "later": graphs built after it}. The count
+    is torch._dynamo's process-wide `unique_graphs` counter, which `torch.compiler.reset()`
+    (called at every stage boundary) leaves alone.
+    """
+
+    def __init__(self):
+        self.stages: dict[int, dict[str, int]] = {}
+        self._start = self._first = None
+
+    @staticmethod
+    def graphs() -> int:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+
+    def stage_start(self, trainer, built, start_step) -> None:
+        self._start, self._first = self.graphs(), None
+
+    def step_end(self, trainer, built, record, last) -> None:
+        if self._first is None:
+            self._first = self.graphs()
+
+    def stage_end(self, trainer, built) -> None:
+        now = self.graphs()
+        first = now if self._first is None else self._first
+        counts = {"first_step": first - self._start, "later": now - first}
+        self.stages[built.stage.number] = counts
+        if counts["later"]:
+            trainer.warn(f"stage {built.stage.number}: torch.compile built {counts['later']} more "
+                         f"graph(s) after the stage's first step (recompilation; "
+                         "TORCH_LOGS=recompiles says why)")
+
+
 def describe_stage(stage, acct: dict, opt_state: str) -> str:
     """The line printed when a stage starts."""
     m, p, f = stage.model, acct["params"], acct["flops_per_token"]
@@ -108,8 +224,19 @@ def describe_stage(stage, acct: dict, opt_state: str) -> str:
             f"{human_count(p['trainable'])}, frozen {human_count(p['frozen'])}, adapter "
             f"{human_count(p['adapter'])} | FLOPs/token exact {human_count(f['exact'])} (6·N·D formula "
             f"{human_count(f['6nd'])}) | est. peak memory {human_bytes(acct['memory']['peak_estimated_bytes'])} "
-            f"(model state {human_bytes(acct['memory']['model_state_estimated_bytes'])}) | optimizer "
-            f"state {opt_state}")
+            f"(model state {human_bytes(acct['memory']['model_state_estimated_bytes'])}; "
+            f"{acct['memory'].get('estimate_precision', 'bf16-mixed')}) | optimizer state {opt_state}"
+            f"{_growth_note(stage, acct)}")
+
+
+def _growth_note(stage, acct: dict) -> str:
+    learn, grow = acct.get("growth_phase"), stage.spec.grow
+    if learn:
+        return (f" | first {learn['steps']} steps train {human_count(learn['map_params'])} growth-map "
+                f"parameters at lr {learn['lr']:g}")
+    if grow is not None and grow.mask_steps:
+        return f" | growth masks ramp 0 → 1 over {grow.mask_steps} steps"
+    return ""
 
 
 class Progress(Hook):

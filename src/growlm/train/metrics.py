@@ -130,18 +130,19 @@ class MetricsWriter:
         self.config = config or {}
         # what a resumed run logged before (only the sinks need it: a resume continues them)
         existing = read_metrics(self.path) if tensorboard or wandb else []
-        _drop_torn_line(self.path)
-        try:
-            self._file = open(self.path, "a", encoding="utf-8")
-        except OSError as e:
-            raise write_failure(e, self.path) or GrowlmError(f"{self.path}: cannot open ({e})") from None
         self._tb: dict = {}
         self._wandb = None
-        try:
+        self._file = None
+        try:  # the sinks first: one that cannot start (no wandb login) leaves no metrics.jsonl
             if tensorboard:
                 self._tb = _open_tensorboard(self.run_dir / TENSORBOARD_DIR, existing, self.config)
             if wandb:
                 self._wandb = _open_wandb(self.run_dir, existing, self.config, run_name)
+            _drop_torn_line(self.path)
+            try:
+                self._file = open(self.path, "a", encoding="utf-8")
+            except OSError as e:
+                raise write_failure(e, self.path) or GrowlmError(f"{self.path}: cannot open ({e})") from None
         except BaseException:
             self.close()
             raise
@@ -178,7 +179,7 @@ class MetricsWriter:
             self._wandb.log(_wandb_row(record, curves))
 
     def close(self) -> None:
-        if not self._file.closed:
+        if self._file is not None and not self._file.closed:
             self._file.close()
         for writer in self._tb.values():
             writer.close()

@@ -9,8 +9,52 @@ once the optimizer holds its state.
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import torch
 from torch import nn
+
+from growlm.errors import GrowlmError
+
+
+def check_compile(device: torch.device) -> None:
+    """`run.compile = true`: raise GrowlmError at load when torch.compile's default backend
+    (inductor) cannot build kernels for `device`, instead of failing at the first step. CPU
+    kernels are C++ built with the system compiler (g++ or $CXX); CUDA kernels need Triton."""
+    from torch._dynamo.eval_frame import check_if_dynamo_supported
+
+    try:
+        check_if_dynamo_supported()
+    except RuntimeError as e:
+        raise GrowlmError(f"run.compile = true: torch.compile is not available here ({e}); "
+                          "set run.compile = false") from None
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            raise GrowlmError("run.compile = true on CUDA needs Triton for torch.compile's "
+                              "kernels and it does not import; install triton or set "
+                              "run.compile = false")
+        return
+    try:
+        from torch._inductor import config, exc
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # an older torch: look for the compiler it would use by name
+        cxx = os.environ.get("CXX", "g++")
+        if shutil.which(cxx) is None:
+            raise _no_cxx(cxx) from None
+        return
+    try:
+        get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        raise _no_cxx(", ".join(c for c in config.cpp.cxx if c)) from None
+
+
+def _no_cxx(tried: str) -> GrowlmError:
+    return GrowlmError(f"run.compile = true on CPU needs a C++ compiler for torch.compile's "
+                       f"kernels and none runs (tried {tried}; $CXX names another); install "
+                       "g++ or set run.compile = false")
 
 
 class Parallelism:

@@ -22,8 +22,14 @@ import torch
 
 from growlm.errors import GrowlmError
 from growlm.stages import resolve_stages
-from growlm.train import boundary
-from growlm.train.hooks import FaultInjection, ModelStateBytes, Progress
+from growlm.train import boundary, growth
+from growlm.train.hooks import (
+    CompileWatch,
+    FaultInjection,
+    ModelStateBytes,
+    PeakMemoryProbe,
+    Progress,
+)
 from growlm.train.manager import CheckpointManager, Saved
 from growlm.train.metrics import MetricsWriter
 from growlm.train.state import Counters, RNGState
@@ -89,6 +95,7 @@ class Trainer:
         self.cfg = cfg
         self.stages = resolve_stages(cfg, cfg.source)
         self.checked = boundary.check_recipe(cfg, self.stages)  # every stage, on meta, first
+        growth.check_runtime(self.stages, dist, cfg.run)
         if cfg.eval.tasks and not any(getattr(h, "scores_benchmarks", False) for h in hooks):
             raise GrowlmError("eval.tasks: this trainer was built without the benchmark hook; "
                               "run the recipe with growlm train (or pass growlm.eval.scheduled hooks)")
@@ -101,7 +108,11 @@ class Trainer:
         self.ckpt_root = self.out / "checkpoints"
         self.counters, self.rng = Counters(), RNGState()
         self.faults, self.state_bytes = FaultInjection(), ModelStateBytes()
-        self.hooks = [Progress(cfg.run.log_every), self.state_bytes, *hooks]
+        self.probe = PeakMemoryProbe(cfg.run.memory_probe_steps, cfg.run.memory_probe_every, self.device)
+        self.hooks = [Progress(cfg.run.log_every), self.state_bytes, self.probe, *hooks]
+        self.compile_watch = CompileWatch() if cfg.run.compile else None
+        if self.compile_watch is not None:
+            self.hooks.append(self.compile_watch)
         self.metrics: MetricsWriter | None = None
         self._stop_signal: int | None = None
         self._skip_to: tuple[int, int] | None = None  # (stage index, loader position) after a rollback
@@ -113,8 +124,10 @@ class Trainer:
                 f"train.global_batch_tokens / data.seq_len = {seqs} sequences per step is not divisible by "
                 f"micro_batch_size × world size = {per_rank}")
         self.accum = seqs // per_rank
-        from growlm.train.parallel import Parallelism
+        from growlm.train.parallel import Parallelism, check_compile
 
+        if cfg.run.compile:
+            check_compile(self.device)
         self.parallel = Parallelism(cfg.run, dist, self.device)
 
     # ------------------------------------------------------------------ output
@@ -161,7 +174,9 @@ class Trainer:
     def _check_run_dir(self, manager: CheckpointManager) -> Saved | None:
         """Read-only checks of an existing run folder; returns the checkpoint to resume from."""
         from growlm.files import read_json
+        from growlm.train.resume import check_resumable, check_run_folder
 
+        check_run_folder(self.out)
         run_file = self.out / "run.json"
         has_any = bool(manager.all())
         if has_any and not self.resume:
@@ -178,6 +193,8 @@ class Trainer:
             newest = damaged[0].removeprefix("skipping damaged checkpoint: ") if damaged else "?"
             raise GrowlmError(f"{self.ckpt_root}: no readable checkpoint to resume from; all {len(damaged)} "
                               f"are damaged (newest: {newest})")
+        if saved is not None:
+            check_resumable(saved, self.stages, self.checked, self.loader)
         for msg in damaged:  # falling back past damaged checkpoints: say which ones
             self.warn(msg)
         if self.resume and saved is None:
@@ -196,18 +213,18 @@ class Trainer:
         from growlm.train.lock import RunLock
 
         self._open_data()  # first: bad data must not leave a run folder behind
-        fingerprint = stages_fingerprint(self.cfg)
-        manager = CheckpointManager(self.ckpt_root, self.cfg.run.keep_last, fingerprint, self.dist,
-                                    self.tokenizer_path, log=self.log)
+        manager = self._manager()
         with RunLock(self.out, enabled=self.rank == 0):
             saved = self._check_run_dir(manager)
             if saved is None and self.rank == 0:
                 self._start_notes()
-            if self.rank == 0:
-                self._write_run_record()
             self.manager = manager
             self._run_stages(saved)
         return self.summary()
+
+    def _manager(self) -> CheckpointManager:
+        return CheckpointManager(self.ckpt_root, self.cfg.run.keep_last, stages_fingerprint(self.cfg), self.dist,
+                                 self.tokenizer_path, log=self.log)
 
     def _start_notes(self) -> None:
         from growlm.stages import recipe_notes
@@ -222,19 +239,24 @@ class Trainer:
 
     def _run_stages(self, saved: Saved | None) -> None:
         metrics_path = self.out / "metrics.jsonl"
-        handoff, start, resume = self._restore(saved, metrics_path)
+        # The hand-off lives on the trainer, not in a local: a stage takes it and drops it once
+        # built, so the previous stage's weights are not held through the next one's training.
+        self._handoff, start, resume = self._restore(saved, metrics_path)
         self.metrics = self._open_metrics(metrics_path)
+        if self.rank == 0:  # after the metrics sinks started: a sink that cannot start writes nothing
+            self._write_run_record()
         old_handlers = self._install_signals()
         try:
             while True:
                 try:
                     for i in range(start, len(self.stages)):
-                        handoff = self._stage(i, handoff, resume)
+                        self._handoff = self._stage(i, resume)
                         resume = None
                     break
                 except Rollback as rb:
-                    handoff, start, resume = self._rollback(rb, metrics_path)
+                    self._handoff, start, resume = self._rollback(rb, metrics_path)
         finally:
+            self.probe.close()
             self._restore_signals(old_handlers)
             if self.metrics:
                 self.metrics.close()
@@ -299,7 +321,8 @@ class Trainer:
         return restored
 
     # ------------------------------------------------------------------ one stage
-    def _stage(self, i: int, handoff, resume: Saved | None):
+    def _stage(self, i: int, resume: Saved | None):
+        handoff, self._handoff = self._handoff, None
         stage = self.stages[i]
         previous = self.stages[i - 1] if i else None
         if resume is not None:
@@ -309,19 +332,22 @@ class Trainer:
             self.manager.restore_stage(built, resume)
             self.loader.load_state_dict(resume.state["loader"])
             start = resume.meta["stage_step"]
+            built.growth = growth.resume_phase(self.cfg, stage, built, resume.state, start, str(resume.path))
         else:
             built = boundary.enter_stage(self.cfg, stage, handoff, previous, parallel=self.parallel,
                                          device=self.device)
             if stage.spec.data == "restart":
                 self.loader.position = 0
             start = 0
+        del handoff  # loaded into the stage's model
         built.module = self.parallel.wrap(built.model, built.optimizer)
         if resume is not None:
             self.rng.load_state_dict(resume.state["rng"])
         if self._skip_to is not None and self._skip_to[0] == stage.index:  # past the bad batch
             self.loader.position = max(self.loader.position, self._skip_to[1])
             self._skip_to = None
-        self.accounting = boundary.stage_accounting(built, self.cfg)
+        self.accounting = boundary.stage_accounting(built, self.cfg, device_type=self.device.type,
+                                                    world_size=self.world)
         self._train(built, start)
         return self._leave(built)
 
@@ -349,13 +375,22 @@ class Trainer:
             hook.stage_end(self, built)
 
     def _step(self, built, stage_step: int) -> dict:
+        for hook in self.hooks:
+            hook.step_start(self, built, stage_step)
         t0, c, stage = time.perf_counter(), self.counters, built.stage
         lr = stage.lr * stage.lr_factor(stage_step) * c.lr_scale_for(stage.index)
         self.faults.begin_step(c.global_step + 1)
         batches = [tuple(t.to(self.device, non_blocking=True) for t in
                          self.loader.next_batch(self.cfg.train.micro_batch_size)) for _ in range(self.accum)]
-        result = train_step(built, batches, lr=lr, grad_clip=self.cfg.optim.grad_clip, dist=self.dist,
-                            autocast=self.autocast, hooks=[self.faults, self.state_bytes])
+        phase_fields = growth.step_fields(built, stage_step)
+        acct = self.accounting.get("growth_phase") if "phase" in phase_fields else None
+        if acct is not None:  # the learning phase trains the growth maps (growlm.train.growth)
+            lr = acct["lr"] * c.lr_scale_for(stage.index)
+            result = built.growth.train_step(built, batches, lr=lr, grad_clip=self.cfg.optim.grad_clip,
+                                             autocast=self.autocast, hooks=[self.faults])
+        else:
+            result = train_step(built, batches, lr=lr, grad_clip=self.cfg.optim.grad_clip, dist=self.dist,
+                                autocast=self.autocast, hooks=[self.faults, self.state_bytes])
         if not result.finite:
             self._nonfinite(result, stage)
         else:
@@ -364,10 +399,10 @@ class Trainer:
             built.relora.step(stage_step + 1)
         dt = time.perf_counter() - t0
         tokens = self.cfg.train.global_batch_tokens
-        fpt = self.accounting["flops_per_token"]
+        fpt = (acct or self.accounting)["flops_per_token"]
         c.global_step += 1
         c.tokens += tokens
-        c.flops += fpt["exact"] * tokens
+        c.flops += fpt["exact"] * tokens + (acct["map_flops_per_step"] if acct else 0)
         c.flops_6nd += fpt["6nd"] * tokens
         c.elapsed += dt
         tps = tokens / dt
@@ -377,9 +412,13 @@ class Trainer:
                   "loss": result.loss, "target_tokens": result.target_tokens, "lr": lr,
                   "grad_norm": result.grad_norm, "tokens_per_s": tps,
                   "mfu": (fpt["exact"] * tps / peak / self.world) if peak else None,
-                  "time": c.elapsed, "skipped_steps": c.skipped_steps, "rollbacks": c.rollbacks}
+                  "time": c.elapsed, "skipped_steps": c.skipped_steps, "rollbacks": c.rollbacks,
+                  **phase_fields}
+        for hook in self.hooks:
+            hook.step_record(self, built, record)
         if self.metrics is not None:
             self.metrics.log(record)
+        growth.after_step(self, built, stage_step)
         return record
 
     def _nonfinite(self, result, stage) -> None:
@@ -420,6 +459,9 @@ class Trainer:
         """A run whose weights or final validation loss are not finite must not end green."""
         bad = next((k for k, v in handoff.state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
         loss = self.counters.last_val_loss
+        if self.counters.bad_steps >= stage.steps:  # finite, but only because nothing was trained
+            raise GrowlmError(f"training diverged: every step of stage {stage.number} was non-finite and "
+                              "skipped; lower the LR, use train.nonfinite = 'rollback', or check the data")
         if bad is not None or (loss is not None and not math.isfinite(loss)):
             what = f"weight {bad}" if bad is not None else f"validation loss {loss}"
             raise GrowlmError(f"training diverged: stage {stage.number} ended with a non-finite {what} "
@@ -430,6 +472,8 @@ class Trainer:
         states = {"loader": self.loader, "rng": self.rng, "counters": self.counters}
         if built.relora is not None:
             states["relora"] = built.relora
+        if built.growth is not None:
+            states["growth"] = built.growth
         self.manager.save(step=self.counters.global_step, stage=built.stage, stage_step=stage_step,
                           counters=self.counters, states=states, built=built)
 
@@ -440,18 +484,17 @@ class Trainer:
         self.metrics.log({"kind": "stage", "event": event, "stage": stage.number, "name": stage.name,
                           "step": c.global_step, "tokens": c.tokens, "flops": c.flops,
                           "params": self.accounting["params"], "flops_per_token": self.accounting["flops_per_token"],
-                          "memory": self._memory(built), "optimizer_state": built.opt_state,
+                          "memory": self._memory(measured=event == "end"), "optimizer_state": built.opt_state,
                           "steps": stage.steps, "model": stage.model.model_dump()})
 
-    def _memory(self, built) -> dict:
-        """The planner's estimates, model-state bytes counted on the live tensors after the
-        stage's first update, and (where the device can tell) the allocator's peak."""
+    def _memory(self, measured: bool) -> dict:
+        """The planner's estimates for this run's device and precision and, at a stage's end,
+        model-state bytes counted on the live tensors after the stage's first update and the
+        largest peak the probe measured over the stage's probed steps (activations included)."""
         mem = dict(self.accounting["memory"])
-        mem["model_state_bytes"] = self.state_bytes.bytes
-        mem["peak_measured_bytes"], mem["peak_measured_by"] = None, None
-        if self.device.type == "cuda":
-            mem["peak_measured_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
-            mem["peak_measured_by"] = "cuda max_memory_allocated"
+        mem["model_state_bytes"] = self.state_bytes.bytes if measured else None
+        mem["peak_measured_bytes"] = self.probe.peak_bytes if measured else None
+        mem["peak_measured_by"] = self.probe.measured_by if measured else None
         return mem
 
     # ------------------------------------------------------------------ evaluation
@@ -511,6 +554,12 @@ class Trainer:
     def _restore_signals(self, old) -> None:
         for sig, h in old.items():
             signal.signal(sig, h)
+
+    @property
+    def stop_signal(self) -> int | None:
+        """The SIGTERM/SIGINT received and not yet acted on (one that came during the last
+        step or the final checkpoint: the run finished anyway), else None."""
+        return self._stop_signal
 
     @property
     def stop_requested(self) -> bool:
