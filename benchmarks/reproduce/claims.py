@@ -1,318 +1,322 @@
-"""The reproduction's report: the compare report plus setup, LR sweeps, the seeds' claims checked
-against the measured numbers, and the environment (hardware, versions, date, load)."""
+"""The seeds' claims (a)–(g) checked against the measured numbers, each verdict accounting for the
+seed-to-seed spread (spread.py): a difference decides a verdict only when it exceeds the spread;
+otherwise the claim is inconclusive at this scale, which is a result too."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import platform
-import time
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import methods as M
+from spread import Stat, lower, seeds_note, stat
 
-from growlm.report import compare as cmp
-from growlm.report.document import Bullets, Heading, Paragraph, Table
-from growlm.report.runs import Run, load_run
-from growlm.report.write import fmt_loss, fmt_pct, write_report
-from growlm.units import lower_or_higher
+from growlm.report.document import Paragraph, Table
 
-MATCH_TOLERANCE = 0.01  # "matches the baseline": final val loss within 1% of the baseline's
-
-
+MATCH_TOLERANCE = 0.01  # "matches the baseline": mean final val loss within 1% of the baseline's
+MIN_PAIRS = 50  # word pairs a similarity set needs before its Spearman rho can decide a verdict
 PARTLY = "partly"  # held for some of the claim's runs, not for others
 
 
-def _verdict(ok: bool | str | None) -> str:
+@dataclass
+class MethodResult:
+    """A method's numbers over its seeds (the best LR of its search, run with each seed)."""
+
+    name: str
+    final: Stat | None = None  # final validation loss
+    to_target: Stat | None = None  # FLOPs to the baseline's mean final loss, seeds that reached it
+    reached: int = 0  # seeds that reached the baseline's mean final loss
+    n: int = 0  # seeds finished
+    best_lr: str | None = None
+    search: dict = field(default_factory=dict)  # the LR search's record (edge, margin, rungs)
+    wordsim: list = field(default_factory=list)  # word-similarity results, one per seed
+    row: object = None  # seed 1's growlm compare Row (memory, FLOPs)
+    lr_source: str | None = None  # run once at this method's best LR instead of a search
+
+
+def verdict(ok: bool | str | None) -> str:
     return {True: "**held**", False: "**did not hold**", PARTLY: "**partly held**",
-            None: "**inconclusive / not measured**"}[ok]
+            None: "**inconclusive**"}[ok]
 
 
-def _all_some_none(flags: list[bool]) -> bool | str:
-    return True if all(flags) else PARTLY if any(flags) else False
+def combine(flags: list) -> bool | str | None:
+    """All held → held; all decided ones failed → did not hold; none decided → inconclusive;
+    anything else → partly held."""
+    known = [f for f in flags if f is not None]
+    if not known:
+        return None
+    if all(f is True for f in flags):
+        return True
+    if all(f is False for f in known):
+        return False
+    return PARTLY
 
 
-def _rho(result: dict) -> float | None:
-    """A dataset's embedding rho; None when not measurable (NaN, or null in eval.json, which
-    writes non-finite numbers as null)."""
-    v = result.get("embedding")
-    return None if not isinstance(v, (int, float)) or math.isnan(v) else float(v)
+def _compare_text(a: Stat, b: Stat, margin: float, width: float) -> str:
+    return (f"{a.fmt()} vs {b.fmt()}: margin {margin:+.4f}, spread {width:.4f}"
+            f"{seeds_note(a, b)}")
 
 
-def claim_a(runs: dict[str, Run]) -> tuple[bool | None, str]:
-    from growlm.eval.wordsim import summary_score
+# ---------------------------------------------------------------- (a) word similarity
 
-    one, base = runs.get("reuse-one-layer-attn"), runs.get("standard")
-    ws1 = ((one.eval_results or {}).get("wordsim") if one else None)
-    ws0 = ((base.eval_results or {}).get("wordsim") if base else None)
-    if not ws1 or not ws0:
-        return None, "word similarity was not evaluated"
-    a, b = summary_score(ws1), summary_score(ws0)
-    measurable = [d for d in ws1 if d in ws0 and _rho(ws1[d]) is not None and _rho(ws0[d]) is not None]
-    wins = sum(1 for d in measurable if _rho(ws1[d]) > _rho(ws0[d]))
-    cov = ", ".join(f"{d} {ws0[d]['kept']}/{ws0[d]['total']}" for d in ws0)
-    ok = None if math.isnan(a) or math.isnan(b) else a > b
-    return ok, (f"mean Spearman rho of the input embedding: One Layer (Attn) stage-1 embedding "
-                f"(frozen, so the final model's) {a:.3f} vs baseline {b:.3f}; higher on {wins} of "
-                f"{len(measurable)} measurable datasets (word pairs with single-token words in the BPE vocabulary: {cov})")
+def _rho(ws: dict, name: str) -> float | None:
+    value = (ws.get(name) or {}).get("embedding")
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def claim_b(outcomes: dict[str, dict], scale: M.Scale) -> tuple[bool | str | None, str]:
-    base = outcomes.get("standard", {}).get("best_lr")
-    reuse = {k: o.get("best_lr") for k, o in outcomes.items() if k.startswith("reuse-")}
-    if base is None or not reuse or any(v is None for v in reuse.values()):
-        return None, "the LR sweeps did not finish"
-    higher = [k for k, v in reuse.items() if float(v) > float(base)]
-    detail = ", ".join(f"{k} {v}" for k, v in reuse.items())
-    grid = M.lr_values(scale, M.METHODS[0].grid)
-    at_edge = float(base) >= max(float(g) for g in grid)
-    edge = " (at the top of its grid, so its true optimum may be higher: inconclusive)" if at_edge else ""
-    verdict = None if at_edge else _all_some_none([k in higher for k in reuse])
-    return verdict, (f"best LR: baseline {base}{edge}; stage 2 of {detail} "
-                     f"({len(higher)} of {len(reuse)} higher)")
+def pair_counts(results: list[dict]) -> dict[str, tuple[int, int]]:
+    """Dataset → (pairs measurable, pairs in the file), from the first result that has it."""
+    counts: dict[str, tuple[int, int]] = {}
+    for ws in results:
+        for name, r in (ws or {}).items():
+            counts.setdefault(name, (int(r.get("kept") or 0), int(r.get("total") or 0)))
+    return counts
 
 
-def _lower(reduction: float | None) -> str:
-    return "not measured" if reduction is None else lower_or_higher(reduction)
+def claim_a(one: list[dict], base: list[dict], what: str = "") -> tuple[bool | None, str]:
+    """One Layer's (frozen stage-1) input embedding vs the baseline's, mean Spearman rho over the
+    similarity sets with at least MIN_PAIRS measurable pairs; one result per seed."""
+    one, base = [w for w in one if w], [w for w in base if w]
+    if not one or not base:
+        return None, f"word similarity was not evaluated{what}"
+    counts = pair_counts(base + one)
+    listing = ", ".join(f"{d} {k}/{t}" for d, (k, t) in counts.items())
+    sets = [d for d, (k, _) in counts.items() if k >= MIN_PAIRS
+            and all(_rho(w, d) is not None for w in one + base)]
+    if not sets:
+        return None, (f"not measurable{what}: no similarity set has {MIN_PAIRS} pairs whose words "
+                      f"are single tokens of the vocabulary (pairs measurable / in the set: "
+                      f"{listing})")
+
+    def score(ws):
+        return sum(_rho(ws, d) for d in sets) / len(sets)
+
+    a, b = stat(score(w) for w in one), stat(score(w) for w in base)
+    ok, margin, width = lower(b, a)
+    per_set = "; ".join(f"{d} ({counts[d][0]} pairs) {stat(_rho(w, d) for w in one).mean:.3f} vs "
+                        f"{stat(_rho(w, d) for w in base).mean:.3f}" for d in sets)
+    return ok, (f"mean Spearman rho of the input embedding over the {len(sets)} sets with ≥ "
+                f"{MIN_PAIRS} pairs{what}: One Layer (Attn) {_compare_text(a, b, margin, width)}; "
+                f"per set (mean over seeds) {per_set}; pairs measurable / in the set: {listing}")
 
 
-def claim_c(rows: dict[str, cmp.Row], base: cmp.Row) -> tuple[bool | str | None, str]:
-    parts, oks = [], []
+# ---------------------------------------------------------------- (b) learning rate
+
+def lr_found(r: MethodResult) -> tuple[bool, str]:
+    """Whether the search located the best LR: bracketed, and its neighbours worse by more than
+    the method's seed range (a single run's loss moves by about that much with the seed)."""
+    s = r.search
+    if r.best_lr is None:
+        return False, f"{r.name}: no finished run"
+    edge = s.get("edge")
+    if edge in ("low", "high"):
+        return False, f"{r.name} {r.best_lr} at the {edge} end of the LR ladder"
+    if edge == "unfinished" or s.get("margin") is None:
+        return False, f"{r.name} {r.best_lr} (search unfinished)"
+    width = r.final.range if r.final else 0.0
+    if s["margin"] <= width:
+        return False, (f"{r.name} {r.best_lr} not resolved (the next rung is {s['margin']:.4f} "
+                       f"worse, the seed range {width:.4f})")
+    return True, (f"{r.name} {r.best_lr} (the next rung {s['margin']:.4f} worse, seed range "
+                  f"{width:.4f})")
+
+
+def claim_b(base: MethodResult, reuse: list[MethodResult]) -> tuple[bool | str | None, str]:
+    if not reuse:
+        return None, "reuse runs missing"
+    base_ok, base_text = lr_found(base)
+    parts = [lr_found(r) for r in reuse]
+    text = f"best LR of the baseline: {base_text}; stage 2 of " + "; ".join(t for _, t in parts)
+    if not base_ok:
+        return None, text + " — the baseline's optimum is not located, so no comparison"
+    flags = [float(r.best_lr) > float(base.best_lr) if ok else None
+             for r, (ok, _) in zip(reuse, parts)]
+    higher = sum(1 for f in flags if f)
+    return combine(flags), text + f" ({higher} of {len(reuse)} located higher than the baseline's)"
+
+
+# ---------------------------------------------------------------- (c)–(e) losses and memory
+
+def _lower_memory(row) -> tuple[bool, str]:
+    est = getattr(row, "mem_reduction_estimated", None)
+    meas = getattr(row, "mem_reduction_measured", None)
+    ok = (est or 0) > 0 and (meas or 0) > 0
+
+    def fmt(x):
+        return "not measured" if x is None else f"{abs(x):.1%} {'lower' if x >= 0 else 'higher'}"
+
+    return ok, f"peak memory {fmt(est)} (estimated) / {fmt(meas)} (measured)"
+
+
+def claim_c(results: dict[str, MethodResult], base: MethodResult) -> tuple[bool | str | None, str]:
+    parts, flags = [], []
     for name in ("step-2stage", "step-3stage"):
-        r = rows.get(name)
-        if r is None or r.final_val_loss is None:
+        r = results.get(name)
+        if r is None or r.final is None or base.final is None:
             continue
-        match = r.final_val_loss <= base.final_val_loss * (1 + MATCH_TOLERANCE)
-        lower = (r.mem_reduction_estimated or 0) > 0 and (r.mem_reduction_measured or 0) > 0
-        oks.append(match and lower)
-        parts.append(f"{name}: val loss {fmt_loss(r.final_val_loss)} vs {fmt_loss(base.final_val_loss)} "
-                     f"({'within' if match else 'not within'} {MATCH_TOLERANCE:.0%}), peak memory "
-                     f"{_lower(r.mem_reduction_estimated)} (estimated) / "
-                     f"{_lower(r.mem_reduction_measured)} (measured)")
-    if not oks:
+        tol = MATCH_TOLERANCE * base.final.mean
+        match, margin, width = lower(r.final, base.final, offset=tol)
+        mem_ok, mem_text = _lower_memory(r.row)
+        flags.append(match if mem_ok else False)
+        said = {True: "within", False: "not within", None: "undecided at"}[match]
+        parts.append(f"{name}: val loss {_compare_text(r.final, base.final, margin, width)} "
+                     f"against the baseline + {MATCH_TOLERANCE:.0%} ({said} {MATCH_TOLERANCE:.0%}); "
+                     f"{mem_text}")
+    if not flags:
         return None, "STEP runs missing"
-    return _all_some_none(oks), "; ".join(parts)
+    return combine(flags), "; ".join(parts)
 
 
-def claim_d(rows: dict[str, cmp.Row], base: cmp.Row) -> tuple[bool | None, str]:
-    r = rows.get("gstack")
-    if r is None:
+def claim_d(r: MethodResult | None, base: MethodResult, budget: float) -> tuple[bool | None, str]:
+    if r is None or r.final is None or base.final is None:
         return None, "Gstack run missing"
-    if r.flops_to_target is None:
-        return False, (f"Gstack never reached the baseline's final loss "
-                       f"{fmt_loss(base.final_val_loss)} (its final: {fmt_loss(r.final_val_loss)})")
-    return r.saving > 0, (f"FLOPs to the baseline's final loss {r.flops_to_target:.3e} vs "
-                          f"{base.flops:.3e}: saving {fmt_pct(r.saving)}")
+    ok, margin, width = lower(r.final, base.final)
+    if r.to_target is None:
+        reach = f"reached the baseline's mean final loss in none of its {r.n} seeds"
+    else:
+        reach = (f"FLOPs to the baseline's mean final loss {r.to_target.fmt(sci=True)} in "
+                 f"{r.reached} of {r.n} seeds, a saving of {saving(r, budget).fmt(1, 100, '%')}")
+    return ok, f"final val loss {_compare_text(r.final, base.final, margin, width)}; {reach}"
 
 
-def claim_e(rows: dict[str, cmp.Row], base: cmp.Row) -> tuple[bool | str | None, str]:
-    found = [(n, rows[n]) for n in ("relora", "galore") if n in rows and rows[n].final_val_loss]
-    if not found:
+def claim_e(results: dict[str, MethodResult], base: MethodResult) -> tuple[bool | str | None, str]:
+    parts, flags = [], []
+    for name in ("relora", "galore"):
+        r = results.get(name)
+        if r is None or r.final is None or base.final is None:
+            continue
+        ok, margin, width = lower(base.final, r.final)  # held: the baseline's loss is lower
+        flags.append(ok)
+        parts.append(f"{name}: {_compare_text(r.final, base.final, -margin, width)} "
+                     f"({'trails' if ok else 'beats' if ok is False else 'within the spread of'} "
+                     "the baseline)")
+    if not flags:
         return None, "ReLoRA/GaLore runs missing"
-    ok = _all_some_none([r.final_val_loss > base.final_val_loss for _, r in found])
-    return ok, "; ".join(f"{n}: {fmt_loss(r.final_val_loss)} ({r.delta_loss:+.4f} vs baseline)"
-                         for n, r in found)
+    return combine(flags), "; ".join(parts)
 
 
-def _study(rows: dict[str, cmp.Row]) -> dict[tuple[str, str], cmp.Row]:
-    """(operator, direction) → row, for the operator-study runs that finished."""
-    return {M.OPERATOR_STUDY[n]: r for n, r in rows.items()
-            if n in M.OPERATOR_STUDY and r.final_val_loss is not None}
+def saving(r: MethodResult, budget: float) -> Stat | None:
+    """Share of the budget left when the method first reached the baseline's mean final loss,
+    over the seeds that reached it."""
+    return None if r.to_target is None else Stat(tuple(1 - v / budget for v in r.to_target.values))
 
 
-def claim_f(rows: dict[str, cmp.Row]) -> tuple[bool | None, str]:
-    study = _study(rows)
-    if ("G_direct", "depth") not in study or len(study) < 2:
+# ---------------------------------------------------------------- (f), (g) the operator study
+
+OPERATORS = ("G_direct", "G_learn", "G_zero", "G_random")
+ARROW = {"depth": "↑", "width": "→"}
+NOT_RUN = "not run: the operator study's ops-* methods were left out (--methods)"
+
+
+def _study(results: dict[str, MethodResult]) -> tuple[dict[tuple[str, str], Stat], str]:
+    """(operator, direction) → final val loss of the study's finished runs, and a note on what
+    the numbers are. Where any member has a single run (the operators at gstack's LR, or one
+    seed), every member is compared on its seed-1 run, so that no verdict leans on a spread that
+    only some members have."""
+    found = {M.OPERATOR_STUDY[n]: r for n, r in results.items()
+             if n in M.OPERATOR_STUDY and r.final is not None}
+    if not found or all(r.final.n >= 2 for r in found.values()):
+        return {k: r.final for k, r in found.items()}, ""
+    lent = sorted({r.lr_source for r in found.values() if r.lr_source})
+    why = (f"the other operators ran once each at {', '.join(lent)}'s best LR, not searched"
+           if lent else "one seed")
+    return ({k: Stat(r.final.values[:1]) for k, r in found.items()},
+            f" — seed 1 of each ({why}): single runs, not decided beyond a seed spread")
+
+
+def _name(key: tuple[str, str]) -> str:
+    return f"{key[0]} {ARROW[key[1]]}"
+
+
+def claim_f(results: dict[str, MethodResult]) -> tuple[bool | None, str]:
+    """G_direct in depth ends lowest: held when it beats every other finished member beyond the
+    spread; did not hold when any member beats it beyond the spread; else inconclusive."""
+    study, note = _study(results)
+    top = study.get(("G_direct", "depth"))
+    if not any(n in results for n in M.OPERATORS):
+        return None, NOT_RUN
+    if top is None or len(study) < 2:
         return None, "operator-study runs missing"
-    ranked = sorted(study.items(), key=lambda kv: kv[1].final_val_loss)
-    order = ", ".join(f"{op} {'↑' if d == 'depth' else '→'} {fmt_loss(r.final_val_loss)}" for (op, d), r in ranked)
-    missing = f" ({8 - len(study)} of the 8 missing)" if len(study) < 8 else ""
-    return ranked[0][0] == ("G_direct", "depth"), f"final val loss, best first: {order}{missing}"
+    outcomes = [lower(top, s)[0] for k, s in study.items() if k != ("G_direct", "depth")]
+    ok = False if False in outcomes else True if all(outcomes) else None
+    ranked = sorted(study.items(), key=lambda kv: kv[1].mean)
+    order = ", ".join(f"{_name(k)} {s.fmt()}" for k, s in ranked)
+    beaten = sum(1 for o in outcomes if o is True)
+    missing = f"; {8 - len(study)} of the 8 missing" if len(study) < 8 else ""
+    beyond = "" if note else " beyond the spread"
+    return ok, (f"final val loss, best first: {order}; G_direct ↑ lower{beyond} than "
+                f"{beaten} of {len(outcomes)}{missing}{note}")
 
 
-def claim_g(rows: dict[str, cmp.Row]) -> tuple[bool | str | None, str]:
-    study = _study(rows)
+def claim_g(results: dict[str, MethodResult]) -> tuple[bool | str | None, str]:
+    if not any(n in results for n in M.OPERATORS):
+        return None, NOT_RUN
+    study, note = _study(results)
     pairs = [(op, study[op, "depth"], study[op, "width"]) for op in OPERATORS
              if (op, "depth") in study and (op, "width") in study]
     if not pairs:
         return None, "no operator ran in both directions"
-    return (_all_some_none([d.final_val_loss < w.final_val_loss for _, d, w in pairs]),
-            "; ".join(f"{op}: depth {fmt_loss(d.final_val_loss)} vs width {fmt_loss(w.final_val_loss)}"
-                      for op, d, w in pairs))
+    parts, flags = [], []
+    for op, d, w in pairs:
+        ok, margin, width = lower(d, w)
+        flags.append(ok)
+        parts.append(f"{op}: depth vs width {_compare_text(d, w, margin, width)}")
+    return combine(flags), "; ".join(parts) + note
 
 
-OPERATORS = ("G_direct", "G_learn", "G_zero", "G_random")
+def operator_table(results: dict[str, MethodResult], budget: float) -> list:
+    """The operator study as the paper lays it out, operators × directions: mean final val loss
+    and the FLOPs saved in reaching the baseline's mean final loss."""
+    found = {M.OPERATOR_STUDY[n]: r for n, r in results.items() if n in M.OPERATOR_STUDY}
+    if not found:
+        return []
+
+    def cell(key):
+        r = found.get(key)
+        if r is None or r.final is None:
+            return "-"
+        s = saving(r, budget)
+        reach = "never reaches it" if s is None else f"saving {s.fmt(1, 100, '%')}, {r.reached}/{r.n}"
+        return f"{r.final.fmt()} ({reach})"
+
+    body = [[op, cell((op, "depth")), cell((op, "width"))] for op in OPERATORS]
+    return [Paragraph("Operators × directions, as the paper lays the study out: grown 4x in depth "
+                      "(from a quarter of the layers) or in width (every width halved), at "
+                      "Gstack's growth point, every run at the baseline's exact FLOPs; in "
+                      "brackets the FLOPs saved in reaching the baseline's mean final loss and "
+                      "the runs that reached it. G_direct in depth is the gstack method."),
+            Table(["operator", "depth (↑)", "width (→)"], body, "lll")]
+
+
 CLAIMS = [
     ("a", "One Layer stage-1 embeddings beat the baseline's on word similarity (Lee et al.)"),
     ("b", "frozen embedding + head allow a higher LR (Lee et al.)"),
     ("c", "STEP matches the baseline at lower peak memory (Yano et al.)"),
     ("d", "Gstack reaches the baseline's loss with fewer FLOPs (Du et al.)"),
     ("e", "ReLoRA and GaLore trail the baseline (STEP's baselines)"),
-    ("f", "of the eight growth operators, stacking in depth (G_direct ↑) ends lowest at equal FLOPs (Du et al.)"),
+    ("f", "of the eight growth operators, stacking in depth (G_direct ↑) ends lowest at equal "
+          "FLOPs (Du et al.)"),
     ("g", "each operator does better in depth than in width (Du et al.)"),
 ]
+SIDE_CLAIM = ("a, side run", "claim (a) again with the GPT-2 vocabulary, where the sets have "
+              "enough single-token words")
 
 
-def check_claims(outcomes: dict[str, dict], runs: dict[str, Run], rows: dict[str, cmp.Row],
-                 scale: M.Scale) -> list:
-    base = rows["standard"]
-    results = {"a": claim_a(runs), "b": claim_b(outcomes, scale), "c": claim_c(rows, base),
-               "d": claim_d(rows, base), "e": claim_e(rows, base), "f": claim_f(rows), "g": claim_g(rows)}
-    return [(key, text, *results[key]) for key, text in CLAIMS]
-
-
-def operator_table(rows: dict[str, cmp.Row]) -> list:
-    """The operator study as the paper lays it out, operators × directions: final val loss and
-    the FLOPs saved to the baseline's final loss (every run at the baseline's FLOPs)."""
-    study = _study(rows)
-    if not study:
-        return []
-
-    def cell(key):
-        r = study.get(key)
-        if r is None:
-            return "-"
-        saving = "never reaches it" if r.flops_to_target is None else f"saving {fmt_pct(r.saving)}"
-        return f"{fmt_loss(r.final_val_loss)} ({saving})"
-    body = [[op, cell((op, "depth")), cell((op, "width"))] for op in OPERATORS]
-    return [Heading("Gstack's operator study"),
-            Paragraph("Final validation loss of each growth operator, grown 4x in depth (a quarter of the "
-                      "layers) or in width (every width halved), every run at the baseline's exact FLOPs; in "
-                      "brackets the share of FLOPs saved in reaching the baseline's final loss. G_direct in depth is the "
-                      "gstack method."),
-            Table(["operator", "depth (↑)", "width (→)"], body, "lll")]
-
-
-def _portable(outcome: dict, work: Path) -> dict:
-    """The outcome without this machine's paths: run dirs relative to the work folder."""
-    out = {k: v for k, v in outcome.items() if k != "sweeps"}
-    if out.get("best_dir"):
-        out["best_dir"] = Path(out["best_dir"]).relative_to(work).as_posix()
-    out["sweeps"] = [{k: v for k, v in sw.items() if k != "recipe"} for sw in outcome["sweeps"]]
+def check_claims(results: dict[str, MethodResult], budget: float,
+                 side: dict | None = None) -> list[tuple[str, str, bool | str | None, str]]:
+    """[(key, claim, verdict, detail)] for (a)–(g), and (a) on the side vocabulary if it ran."""
+    base = results["standard"]
+    one = results.get("reuse-one-layer-attn")
+    found = {
+        "a": claim_a(one.wordsim if one else [], base.wordsim),
+        "b": claim_b(base, [r for n, r in results.items() if n.startswith("reuse-")]),
+        "c": claim_c(results, base),
+        "d": claim_d(results.get("gstack"), base, budget),
+        "e": claim_e(results, base),
+        "f": claim_f(results),
+        "g": claim_g(results),
+    }
+    out = [(k, text, *found[k]) for k, text in CLAIMS]
+    if side is not None:
+        what = f" ({side['vocab']}-token GPT-2 BPE, {side['steps']} baseline steps)"
+        out.append((*SIDE_CLAIM, *claim_a(side["runs"]["one-layer"], side["runs"]["standard"], what)))
     return out
-
-
-# ---------------------------------------------------------------- report blocks
-
-def _sweep_table(outcomes: list[dict]) -> Table:
-    rows = []
-    for o in outcomes:
-        for sw in o["sweeps"]:
-            for v in sw["variants"]:
-                value = v["overrides"][0].split("=", 1)[1] if v["overrides"] else "-"
-                mark = " (best)" if v["name"] == sw["best"] else ""
-                rows.append([o["method"], sw["what"], sw["key"], value + mark, v["status"],
-                             fmt_loss(v.get("final_val_loss"))])
-    return Table(["method", "sweep", "key", "value", "status", "final val loss"], rows, "llllll")
-
-
-def _setup_blocks(scale: M.Scale, shards: Path, target: int, outcomes: list[dict]) -> list:
-    from growlm.data import open_shards
-
-    sh = open_shards(shards)
-    d, n = scale.d_model, scale.n_layers
-    rows = [[o["method"], str(o["stages"].get("steps")), f"{o['stages'].get('flops_ratio', 1.0):.4f}",
-             str(o.get("lr_s1") or "-"), str(o.get("best_lr") or "-")] for o in outcomes]
-    return [
-        Heading("Setup"),
-        Bullets([
-            f"Corpus: enwiki 2015 (WikiExtractor) train file, {sh.num_tokens('train'):,} tokens; "
-            f"validation: its separate validation file, {sh.num_tokens('val'):,} tokens. Byte-level "
-            f"BPE with {sh.vocab_size} tokens trained on the training text.",
-            f"Final shape (all methods): {n} layers, d_model {d}, {scale.n_heads} heads, FFN "
-            f"{scale.ffn}, context {scale.seq_len}; embedding + head = "
-            f"{M.params_share(scale):.1%} of the parameters.",
-            f"Baseline: {scale.steps} steps of {scale.batch_tokens:,} tokens "
-            f"({scale.steps * scale.batch_tokens:,} tokens); every method's last stage is sized "
-            f"so that its exact FLOPs equal the baseline's ({target:.3e}).",
-            "Stage lengths (fractions of the baseline's steps, as in the seeds' tiny recipes): "
-            "reuse stage 1 = 1/2 (the small model; stage 2 re-reads the same data); STEP 2-stage "
-            "stage 1 = 3/8 of a 1/2 plan; STEP 3-stage 3/10 of 4/10 plans; Gstack and ReLoRA "
-            "stage 1 = 1/4 with the LR planned over the whole run; the operator study (Gstack's "
-            "G_direct/G_learn/G_zero/G_random in depth and width) likewise, its learn ops training "
-            "their maps for the grown stage's first B/36 steps and its random ops ramping MSG's masks "
-            "over B/12 steps.",
-            f"LR sweeps (peak LR, the centre lr0 = {scale.lr:g}): standard × {{0.5, 1, 2, 4}}; reuse: "
-            f"the small model alone × {{1, 2}}, the lowest final validation loss kept (Lee et al.'s "
-            f"rule), then stage 2 × {{1, 2, 4}} (the seeds found frozen embeddings take a higher "
-            f"LR); STEP, Gstack, ReLoRA and the operator study × {{1, 2}}; GaLore × {{1, 3}}. Every "
-            f"variant runs the full "
-            f"budget; the best by final validation loss is the method's run above.",
-            f"Validation loss: {scale.eval_tokens:,} tokens of the validation split every "
-            f"{scale.eval_every} steps. Evaluation: WikiText-2 test (lm-eval's word perplexity) "
-            f"and zero-shot tasks on at most {scale.eval_limit} examples/documents each.",
-        ]),
-        Table(["method", "steps per stage", "FLOPs / baseline", "stage-1 LR", "best swept LR"], rows,
-              "lrrrr"),
-        Heading("LR sweeps", 3),
-        _sweep_table(outcomes),
-    ]
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _environment(phases: dict, env: dict) -> list:
-    import numpy
-    import tokenizers
-    import torch
-
-    from growlm import __version__
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    timing = ", ".join(f"{k} {v / 60:.1f} min" for k, v in phases.items())
-    total = sum(phases.values()) / 60
-    return [Heading("Environment"), Bullets([
-        f"Date: started {env['started']}, report written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.",
-        f"Hardware: {_cpu_name()}, {os.cpu_count()} logical CPUs, torch threads "
-        f"{torch.get_num_threads()}; GPU: {device}.",
-        f"Load average (1/5/15 min) at start {tuple(round(x, 1) for x in env['load_start'])}, at "
-        f"end {tuple(round(x, 1) for x in env['load_end'])} — the machine was shared with other "
-        f"jobs, so wall times and tokens/s are lower bounds of what it can do.",
-        f"Versions: Python {platform.python_version()}, torch {torch.__version__}, numpy "
-        f"{numpy.__version__}, tokenizers {tokenizers.__version__}, growlm {__version__}.",
-        f"Wall time by phase (all sessions of the command): {timing}; total {total:.1f} min.",
-    ])]
-
-
-def write_results(outcomes: list[dict], scale: M.Scale, work: Path, shards: Path, results: Path,
-                  target: int, phases: dict, env: dict, data_dir: Path) -> Path:
-    runs = {}
-    for o in outcomes:
-        if o["best_dir"]:
-            run = load_run(o["best_dir"])
-            run.name = o["method"]
-            runs[o["method"]] = run
-    base = runs["standard"]
-    loaded, _ = cmp.load_runs(list(runs.values()), base)
-    rows = {r.name: r for r in cmp.summarize(loaded, base)}
-    claims = check_claims({o["method"]: o for o in outcomes}, runs, rows, scale)
-    unfinished = sorted({o["method"] for o in outcomes for sw in o["sweeps"]
-                         for v in sw["variants"] if v.get("status") not in ("complete", "failed")})
-    caveat = (f" **Not every LR sweep finished** ({', '.join(unfinished)}): those methods are "
-              "represented by their best finished variant." if unfinished else "")
-    claim_blocks = [Heading("The seeds' claims at this scale"),
-                    Paragraph("Each verdict comes from the numbers in this report; a claim that "
-                              "does not hold at this tiny scale is a result too." + caveat),
-                    Bullets([f"({k}) {text}: {_verdict(ok)} — {detail}." for k, text, ok, detail in claims])]
-    path = write_report(list(runs.values()), base, results, neighbours=min(100, scale.vocab - 1),
-                        title=f"growlm reproduction of the seed papers ({scale.name} scale)",
-                        preface=claim_blocks,
-                        extra=operator_table(rows) + _setup_blocks(scale, shards, target, outcomes)
-                        + _environment(phases, env))
-    summary = {"scale": scale.name, "target_flops": target, "claims": [
-        {"claim": k, "text": t, "held": ok, "detail": d} for k, t, ok, d in claims],
-        "runs": {n: {k: getattr(r, k) for k in ("final_val_loss", "flops", "flops_to_target", "saving",
-                                                 "peak_measured", "peak_estimated", "wall_time")}
-                 for n, r in rows.items()},
-        "outcomes": [_portable(o, work) for o in outcomes], "phases_s": phases, "env": env}
-    (results / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    return path

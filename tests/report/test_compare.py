@@ -221,7 +221,8 @@ def test_report_files_are_written(runs_root, shards, tmp_path, capsys, make_run)
     assert "4.00e13 | +60.0%" in md and "interpolated linearly in FLOPs" in md
     # evaluation tables: wikitext, zero-shot, word similarity (NaN skipped in the mean)
     assert "WikiText-2 word ppl" in md and "812.5" in md and "0.5600" in md
-    assert "| staged | 0.1000 / 0.2000 | 0.3000 / - |" in md
+    assert "| staged | 0.1000 / 0.2000 (5) | 0.3000 / - (1) |" in md  # rho, and its pairs
+    assert "simlex999 emb / head (pairs)" in md
     assert "0.2000 | 0.2000 |" in md  # mean rho: embedding (0.1+0.3)/2, head 0.2
     for text in ("Summary", "Stages", "Word similarity", "staged"):
         assert text in html

@@ -218,7 +218,10 @@ def eval_value(run: Run, key: str) -> float | None:
 
 
 def wordsim_rows(runs: Sequence[Run]) -> tuple[list[str], list[list]]:
-    """Datasets and, per run, (name, [(embedding rho, head rho) per dataset])."""
+    """Datasets and, per run, (name, [(embedding rho, head rho, pairs measured) per dataset]).
+
+    Pairs measured: the dataset's pairs whose two words are single tokens of the run's
+    vocabulary, the sample a rho stands on (None when the result does not say)."""
     datasets: list[str] = []
     for r in runs:
         for ds in ((r.eval_results or {}).get("wordsim") or {}):
@@ -228,6 +231,6 @@ def wordsim_rows(runs: Sequence[Run]) -> tuple[list[str], list[list]]:
     for r in runs:
         ws = (r.eval_results or {}).get("wordsim")
         if ws:
-            rows.append([r.name, [(ws.get(d, {}).get("embedding"), ws.get(d, {}).get("head"))
-                                  for d in datasets]])
+            rows.append([r.name, [(ws.get(d, {}).get("embedding"), ws.get(d, {}).get("head"),
+                                   ws.get(d, {}).get("kept")) for d in datasets]])
     return datasets, rows

@@ -128,10 +128,13 @@ def eval_blocks(runs: Sequence[Run]) -> list:
                    Table(["run", *(c for c, _ in cols)], rows)]
     datasets, ws_rows = cmp.wordsim_rows(runs)
     if ws_rows:
-        header = ["run", *(f"{d} emb / head" for d in datasets)]
-        rows = [[name, *(f"{fmt_score(e)} / {fmt_score(h)}" for e, h in vals)] for name, vals in ws_rows]
+        header = ["run", *(f"{d} emb / head (pairs)" for d in datasets)]
+        rows = [[name, *(f"{fmt_score(e)} / {fmt_score(h)} ({'-' if n is None else n})"
+                         for e, h, n in vals)] for name, vals in ws_rows]
         blocks += [Heading("Word similarity", 3),
                    Paragraph("Spearman rho between human ratings and the cosine similarity of the "
-                             "input embedding (emb) and output head vectors (reuse paper, Table 3)."),
+                             "input embedding (emb) and output head vectors (reuse paper, Table 3), "
+                             "and the number of word pairs it rests on (both words single tokens "
+                             "of the vocabulary): a rho over a few dozen pairs is mostly noise."),
                    Table(header, rows)]
     return blocks
