@@ -35,9 +35,9 @@ import fnmatch
 import math
 from dataclasses import dataclass
 
+import growlm.plan.activations as act
 from growlm.errors import GrowlmError
 from growlm.model.config import ModelConfig
-import growlm.plan.activations as act
 from growlm.plan.layout import Trainability
 from growlm.plan.precision import ADAPTER_BYTES, BF16_MIXED, Precision
 
