@@ -29,6 +29,10 @@ from growlm.recipe_library import resolve_recipe
 from growlm.units import parse_bytes, parse_count
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take it; stage seeds derive from it
+# Largest learning rate accepted. Adam's first update is lr / (1 - beta1) per weight; far above
+# any useful LR (pretraining uses ~1e-4..1e-2), it keeps that update inside fp32's range for
+# every beta1 < 1, so a diverging run meets the non-finite policy instead of an overflow in torch.
+MAX_LR = 1e3
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -181,7 +185,7 @@ Beta = Field(ge=0.0, lt=1.0)  # Adam's decay rates: [0, 1)
 
 class OptimSection(_Strict):
     name: Literal["adamw", "galore"] = "adamw"
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(3e-4, gt=0, le=MAX_LR)
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.1, ge=0)
@@ -227,7 +231,7 @@ class GrowSpec(_Strict):
     # maps at the start of the stage (part of the stage's steps), and their learning rate
     # (default: the stage's peak LR)
     learn_steps: int = Field(100, gt=0)
-    learn_lr: float | None = Field(None, gt=0)
+    learn_lr: float | None = Field(None, gt=0, le=MAX_LR)
     # random / width_random (Gstack's G_random with MSG's masks): steps over which the new
     # structures' mask ramps linearly from 0 to 1 (part of the stage's steps); unset: no mask
     mask_steps: int | None = Field(None, gt=0)
@@ -267,7 +271,7 @@ class StageConfig(_Strict):
     steps: int | None = Field(None, gt=0)
     schedule_tokens: int | None = None  # plan the LR schedule over a longer horizon than run
     schedule_steps: int | None = Field(None, gt=0)
-    lr: float | None = Field(None, gt=0)
+    lr: float | None = Field(None, gt=0, le=MAX_LR)
     warmup_steps: int | None = Field(None, ge=0)
     min_lr_ratio: float | None = Field(None, ge=0, le=1)
     schedule: Literal["cosine", "linear", "constant"] | None = None

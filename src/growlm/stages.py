@@ -300,7 +300,8 @@ def recipe_notes(cfg, stages: list[ResolvedStage]) -> list[str]:
     for stage, spec in ((s, s.spec) for s in stages):
         if isinstance(spec.tokens, int) and spec.tokens % per_step:
             notes.append(f"{stage.where}.tokens: {spec.tokens:,} is not a whole number of steps of "
-                         f"{per_step:,} tokens; the stage runs {stage.steps} steps = {stage.tokens:,} tokens")
+                         f"{per_step:,} tokens; the stage runs {stage.steps:,} step{'s' if stage.steps != 1 else ''} = "
+                         f"{stage.tokens:,} tokens")
         if stage.warmup_steps >= stage.steps:
             notes.append(f"{stage.where}: warmup ({stage.warmup_steps} steps) is not shorter than the "
                          f"stage ({stage.steps} steps), so the LR never reaches its peak {stage.lr:g}")

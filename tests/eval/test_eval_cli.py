@@ -204,7 +204,7 @@ BAD_INPUTS = [
     (_bad_tokenizer, "bad_tok.json"),
     (_sciq_not_an_array, "test.json: expected a JSON array"),
     (_piqa_wrong_field, "piqa.jsonl:1: field 'choices' should be a list of 2 strings"),
-    (_json_under_a_file, "afile is a file, not a folder"),
+    (_json_under_a_file, "afile, which is a file, not a folder"),
     (_not_wikitext, "wiki.test.raw does not look like raw WikiText"),
     (lambda tmp: ["--tasks", "arc_easy,squad"], "unknown task 'squad'"),
     (lambda tmp: ["--limit", "0"], "--limit must be a positive integer"),
