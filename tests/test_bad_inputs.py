@@ -369,6 +369,9 @@ CASES = [
     Case("resume/run-json-a-list", _resume_run_json_list, r"run\.json: run record must be a JSON object, got list"),
     Case("resume/empty-train-state", _resume_empty_train_state, r"train_state\.pt: training state lacks 'loader'"),
     Case("recipe/lr-infinite", _train(_optim("lr = inf")), r"optim\.lr: .*finite"),
+    # finite, but Adam's first update would overflow fp32 inside torch (a traceback before)
+    Case("recipe/lr-huge", _train(_optim("lr = 1e38")), r"optim\.lr: Input should be less than or equal to 1000"),
+    Case("recipe/stage-lr-huge", _train(_sub("steps = 2", "steps = 2\nlr = 1e30")), r"stage\.1\.lr: .*less than or equal to 1000"),
     Case("recipe/weight-decay-infinite", _train(_optim("weight_decay = inf")), r"optim\.weight_decay: .*finite"),
     Case("recipe/eps-infinite", _train(_optim("eps = inf")), r"optim\.eps: .*finite"),
     Case("recipe/eps-nan", _train(_optim("eps = nan")), r"optim\.eps: .*finite"),

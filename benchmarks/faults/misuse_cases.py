@@ -325,23 +325,24 @@ def _resume_on_other_data(ws: Workspace, t: Path) -> Launch:
 
 # ---------------------------------------------------------------- divergence
 
-# The largest LR a recipe may set (config.MAX_LR) with no warmup: the first updates throw the
-# weights so far that the loss becomes non-finite within the stage, whatever the policy then does.
-DIVERGING = ("lr = 1e3", "warmup_steps = 1", "warmup_steps = 0")
-
-
-def diverge(policy: str, steps: int = 2):
+# An update that overflows leaves an infinite weight behind (GROWLM_FAULT_NAN "N:weights"
+# poisons one after step N's update): the next step's loss is non-finite, and whatever the
+# policy then does, the run must not end green. (A real LR far too high is refused at load,
+# config.MAX_LR, or trains to chance with finite numbers, which is not a crash.)
+def diverge(policy: str, steps: int = 2, poisoned: int = 1):
     def edit(text: str) -> str:
-        text = section("optim", DIVERGING[0])(text).replace(*DIVERGING[1:]).replace("steps = 2", f"steps = {steps}")
+        text = text.replace("steps = 2", f"steps = {steps}")
         return text.replace("micro_batch_size = 4", f'micro_batch_size = 4\nnonfinite = "{policy}"')
-    return lambda ws, t: Launch(["train", ws.recipe(t, edit), "--quiet"], writes=True, match="diverged|non-finite")
+    return lambda ws, t: Launch(["train", ws.recipe(t, edit), "--quiet"], writes=True, match="diverged|non-finite",
+                                env={"GROWLM_FAULT_NAN": f"{poisoned}:weights"})
 
 
 DIVERGE_CASES = [
     Case("diverge/skip-policy", diverge("skip")),
     Case("diverge/stop-policy", diverge("stop")),
     Case("diverge/rollback-policy", diverge("rollback")),
-    Case("diverge/skip-policy-longer-stage", diverge("skip", steps=4)),
+    Case("diverge/skip-policy-longer-stage", diverge("skip", steps=4, poisoned=2)),
+    Case("diverge/skip-policy-last-step", diverge("skip", steps=3, poisoned=3)),
     Case("diverge/every-step-poisoned", lambda ws, t: Launch(
         ["train", ws.recipe(t, sub("steps = 2", "steps = 3")), "--quiet"], env={"GROWLM_FAULT_NAN": "1,2,3"},
         writes=True)),
@@ -409,8 +410,13 @@ def disk_tmpfs(ws: Workspace, t: Path) -> Launch:
 
 # ---------------------------------------------------------------- two writers on one run folder
 
+HOLDER_STEPS = 600  # long enough that the first run is still training when the second one is refused
+
+
 def second_writer(ws: Workspace, t: Path) -> Launch:
-    recipe = ws.recipe(t, sub("steps = 2", "steps = 60"), out=t / "run")
+    def edit(text: str) -> str:
+        return text.replace("steps = 2", f"steps = {HOLDER_STEPS}").replace("ckpt_every = 1", "ckpt_every = 200")
+    recipe = ws.recipe(t, edit, out=t / "run")
     return Launch(["train", recipe, "--resume", "--quiet"], writes=True, match=r"in use by growlm pid \d+",
                   before=lambda f: _start_holder(recipe, t / "run"), after=_holder_unharmed)
 
@@ -441,8 +447,8 @@ def _holder_unharmed(folder: Path, result: dict, handle) -> list[str]:
     from growlm.train.metrics import read_metrics
 
     steps = [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "step"]
-    if steps != list(range(1, 61)):
-        problems.append(f"the first run's steps are {steps[:5]}... not 1..60")
+    if steps != list(range(1, HOLDER_STEPS + 1)):
+        problems.append(f"the first run's steps are {steps[:5]}... not 1..{HOLDER_STEPS}")
     return problems
 
 
@@ -514,10 +520,11 @@ SWEEP_CASES = [
     Case("sweep/out-under-a-file", sweep("optim.lr=1e-3,2e-3", out=lambda t: write(t / "f", "x") / "sweep")),
     Case("sweep/recipe-missing", lambda ws, t: ["sweep", str(t / "nope.toml"), "--quiet"]),
     Case("sweep/run-name-nul", sweep('run.name="a\\u0000b",b')),
-    Case("sweep/every-variant-diverges", sweep("optim.lr=500,1e3", "schedule.warmup_steps=0", writes=True,
-                                               match="every variant failed")),
-    Case("sweep/one-variant-diverges", sweep("optim.lr=1e-3,1e3", "schedule.warmup_steps=0", expect="warn",
-                                             match=r"optim\.lr=1e3\s+failed")),
+    Case("sweep/every-variant-diverges", sweep("optim.lr=1e-3,2e-3", writes=True, match="every variant failed",
+                                               env={"GROWLM_FAULT_NAN": "1:weights"})),
+    # only the 3-step variant reaches the poisoned step
+    Case("sweep/one-variant-diverges", sweep("stage.1.steps=2,3", expect="warn", match=r"stage\.1\.steps=3\s+failed",
+                                             env={"GROWLM_FAULT_NAN": "3:weights"})),
     Case("sweep/sigterm-in-final-checkpoint", sigterm_in_final_checkpoint),
     Case("sweep/set-run-name", sweep("run.name=a,b")),
     Case("sweep/set-out-dir", sweep('run.out_dir="x"')),

@@ -357,8 +357,10 @@ def sft(*args: str, data=None, source: str = "run", **launch):
     def setup(ws: Workspace, t: Path) -> Launch:
         given = data(t) if data else ws.sft_data
         model = {"run": ws.run, "hf": ws.hf}[source]
+        # the plain template: the workspace model's 64-token context holds its examples whole,
+        # so each case fails for its own mistake and not for the data's length
         return Launch(["sft", str(model), "--data", str(given), "--out", str(t / "sft"), "--quiet",
-                       *[a.replace("{t}", str(t)) for a in args]], **launch)
+                       "--set", 'sft.template="plain"', *[a.replace("{t}", str(t)) for a in args]], **launch)
     return setup
 
 

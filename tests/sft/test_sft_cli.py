@@ -126,9 +126,20 @@ def test_sft_bad_inputs_are_one_line(kit, tiny_checkpoint, data_file, qa_toml, t
             ["--data", str(data_file), "--set", "data.seq_len=4", "--set", "sft.overlong='drop'"],
             "all 8 examples are longer than the context",
         ),
+        # settings and the output folder are checked before the data is tokenized: a data
+        # problem does not hide them
+        (
+            ["--data", str(data_file), "--set", "data.seq_len=4", "--set", "sft.overlong='drop'",
+             "--set", "optim.lr=nan"],
+            "optim.lr: Input should be a finite number",
+        ),
     ]
+    into_source = ["sft", str(tiny_checkpoint), "--recipe", rec, "--out", str(tiny_checkpoint), "--quiet"]
+    cases.append((["--data", str(data_file), "--set", "data.seq_len=4", "--set", "sft.overlong='drop'"],
+                  "holds the source checkpoint"))
     for extra, message in cases:
-        assert main([*base, *extra]) == 2, message
+        argv = into_source if message == "holds the source checkpoint" else base
+        assert main([*argv, *extra]) == 2, message
         err = capsys.readouterr().err
         assert message in err and err.count("\n") <= 2 and "Traceback" not in err, err
     assert not (tmp_path / "x").exists()

@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
+
+# torch's C++ log lines (glog format, e.g. the profiler's note on blocks allocated before a
+# memory probe started) would break the one-line output; set before torch is imported.
+# Warnings raised through Python still show; TORCH_CPP_LOG_LEVEL=WARNING brings the others back.
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
 SUBCOMMANDS = {
     "demo": ("growlm.demo", "prepare the built-in corpus and train a tiny baseline and staged run"),

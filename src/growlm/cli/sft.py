@@ -188,11 +188,19 @@ def _deep_merge(base: dict, top: dict) -> dict:
 
 
 def build_run(args) -> tuple[object, SFTData, list[str]]:
-    """(RunConfig, prepared data, notes to print) from the command line."""
+    """(RunConfig, prepared data, notes to print) from the command line. Every setting and the
+    output folder are checked before the data is read and tokenized (a mistake costs seconds,
+    not a tokenization pass); the steps, which depend on the data, are filled in after."""
+    from growlm.files import check_output_dir
+
     user, sft, source = _user_recipe(args)
     model, weights, tok_path = model_source(Path(args.source))
     seq_len = int(user.get("data", {}).get("seq_len", model.max_seq_len))
     seed = int(user.get("run", {}).get("seed", 0))
+    early, _ = _run_dict(user, sft, model, weights, args.data, seq_len, steps=1, source=source)
+    early_cfg = config_from_dict(early, source)
+    _check_out(early_cfg, weights)
+    check_output_dir(early_cfg.out_dir, "run folder")
     data = prepare_data(args.data, sft, tok_path, model, seq_len, seed)
     rows = SFTLoader(
         data.train, seq_len, seed, packing=sft.packing, pad_id=data.pad_id
@@ -204,7 +212,15 @@ def build_run(args) -> tuple[object, SFTData, list[str]]:
         f"epoch ({'packed' if sft.packing else 'padded'}); {sft.epochs:g} epochs of "
         f"{sft.batch_size} rows per step = {steps:,} steps"
     ]
+    cfg, more = _run_dict(user, sft, model, weights, args.data, seq_len, steps, source)
+    return config_from_dict(cfg, source), data, notes + more
 
+
+def _run_dict(user: dict, sft, model, weights: Path, data: str, seq_len: int, steps: int,
+              source: str) -> tuple[dict, list[str]]:
+    """The run's recipe as a dict (SFT's defaults under the user's settings) for `steps` steps,
+    and the notes it needs."""
+    notes = []
     cfg = _deep_merge(DEFAULTS, user)
     train = cfg.setdefault("train", {})
     want = sft.batch_size * seq_len
@@ -227,17 +243,17 @@ def build_run(args) -> tuple[object, SFTData, list[str]]:
     stage = {"name": "sft", **(user.get("stage") or [{}])[0], "init": str(weights)}
     if "steps" not in stage and "tokens" not in stage:
         stage["steps"] = steps
-    cfg.update(
-        model=model.model_dump(), data={"train": args.data, "seq_len": seq_len}, stage=[stage]
-    )
-    run_cfg = config_from_dict(cfg, source)
+    cfg.update(model=model.model_dump(), data={"train": data, "seq_len": seq_len}, stage=[stage])
+    return cfg, notes
+
+
+def _check_out(run_cfg, weights: Path) -> None:
     out = run_cfg.out_dir.resolve()
     if out == weights or out in weights.parents:
         raise GrowlmError(
             f"the SFT run directory {run_cfg.out_dir} holds the source checkpoint; "
             "choose another with --out"
         )
-    return run_cfg, data, notes
 
 
 def _default_name(weights: Path) -> str:

@@ -144,9 +144,10 @@ def _ranges(steps: list[int], most: int = 6) -> str:
 
 
 class FaultInjection(Hook):
-    """Test hooks. GROWLM_FAULT_NAN="5,9:inf,12:grad" makes the loss NaN (or inf), or one
-    gradient NaN ("grad"), at those global steps (1-based); each listed step is poisoned only the
-    first time it is reached, so a rollback that replays it trains on. GROWLM_FAULT=train_step
+    """Test hooks. GROWLM_FAULT_NAN="5,9:inf,12:grad,14:weights" makes the loss NaN (or inf),
+    one gradient NaN ("grad"), or, after the optimizer's update, one weight infinite ("weights":
+    what an update that overflows leaves behind) at those global steps (1-based); each listed
+    step is poisoned only the first time it is reached, so a rollback that replays it trains on. GROWLM_FAULT=train_step
     (growlm.faults) ends the process after the backward, before the optimizer step."""
 
     def __init__(self):
@@ -173,6 +174,12 @@ class FaultInjection(Hook):
     def post_backward(self, built) -> None:
         if self.kind == "grad":
             next(p for p in built.trainable if p.grad is not None).grad.view(-1)[0] = math.nan
+
+    def post_update(self, built) -> None:
+        if self.kind == "weights":  # a norm's weight: every token's forward reads it
+            norm = next((p for p in built.trainable if p.dim() == 1), built.trainable[0])
+            with torch.no_grad():
+                norm.view(-1)[0] = math.inf
         fault("train_step")
 
 

@@ -464,9 +464,10 @@ class Trainer:
                               "skipped; lower the LR, use train.nonfinite = 'rollback', or check the data")
         if bad is not None or (loss is not None and not math.isfinite(loss)):
             what = f"weight {bad}" if bad is not None else f"validation loss {loss}"
+            n = self.counters.skipped_steps
+            skipped = f"{n} step{' was' if n == 1 else 's were'} skipped"
             raise GrowlmError(f"training diverged: stage {stage.number} ended with a non-finite {what} "
-                              f"({self.counters.skipped_steps} steps were skipped); lower the LR, use "
-                              "train.nonfinite = 'rollback', or check the data")
+                              f"({skipped}); lower the LR, use train.nonfinite = 'rollback', or check the data")
 
     def _save(self, built, stage_step: int) -> None:
         states = {"loader": self.loader, "rng": self.rng, "counters": self.counters}
