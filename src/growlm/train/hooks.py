@@ -174,13 +174,13 @@ class FaultInjection(Hook):
     def post_backward(self, built) -> None:
         if self.kind == "grad":
             next(p for p in built.trainable if p.grad is not None).grad.view(-1)[0] = math.nan
+        fault("train_step")
 
     def post_update(self, built) -> None:
         if self.kind == "weights":  # a norm's weight: every token's forward reads it
             norm = next((p for p in built.trainable if p.dim() == 1), built.trainable[0])
             with torch.no_grad():
                 norm.view(-1)[0] = math.inf
-        fault("train_step")
 
 
 class CompileWatch(Hook):
