@@ -16,3 +16,24 @@ def test_demo_runs_baseline_and_staged_and_writes_report(tmp_path, capsys):
     assert "report.md" in printed and "baseline" in printed
     # a second run resumes the finished runs instead of training again
     assert main(["demo", "--out", str(out), "--steps", "6", "--corpus-size", "300KB"]) == 0
+
+
+def test_demo_stopped_by_a_signal_exits_143_in_one_line_and_a_rerun_finishes(tmp_path):
+    """SIGTERM during the demo's first run (the fault hook sends it to the process, which then
+    goes on as after a real one): one line, exit 128 + 15, and the same command continues."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src), "GROWLM_FAULT": "train_step:3:term"}
+    argv = [sys.executable, "-m", "growlm", "demo", "--out", str(tmp_path / "d"), "--steps", "6",
+            "--corpus-size", "300KB", "--quiet"]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 143, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("growlm demo: stopped by SIGTERM")
+    del env["GROWLM_FAULT"]
+    assert subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600).returncode == 0
+    assert (tmp_path / "d" / "summary.json").is_file()

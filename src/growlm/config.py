@@ -263,7 +263,7 @@ class StageConfig(_Strict):
     ffn_dim: int | None = Field(None, gt=0)
     block: Literal["full", "attn_only"] | None = None
     grow: GrowSpec | None = None
-    init: str | None = None  # external growlm checkpoint/run or HF Llama folder
+    init: str | None = None  # external growlm checkpoint/run or HF model folder (Llama, Mistral, Qwen2, Qwen3)
     freeze: list[str] = []
     adapters: AdapterSpec | None = None
     # "auto": Gstack's growth timing rule, from the final model's size and `schedule_tokens`

@@ -7,6 +7,7 @@ installation), trains a tiny standard baseline and a tiny staged run (Gstack-sty
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 COMMON = """\
@@ -85,7 +86,7 @@ def run(args) -> int:
     from growlm.errors import GrowlmError
     from growlm.eval.scheduled import benchmark_hooks
     from growlm.files import atomic_write_json, check_output_dir
-    from growlm.train.trainer import Trainer
+    from growlm.train.trainer import Stopped, Trainer
 
     if args.steps < 5:
         raise GrowlmError(f"--steps must be at least 5, got {args.steps}")
@@ -99,8 +100,12 @@ def run(args) -> int:
         print(f"[{i + 2}/3] training {name} ({recipe})")
         cfg = load_recipe(recipe)
         resume = bool(ckpt.list_checkpoints(cfg.out_dir / "checkpoints"))
-        summaries[name] = Trainer(cfg, resume=resume, quiet=args.quiet,
-                                  hooks=benchmark_hooks(cfg)).run()
+        try:
+            summaries[name] = Trainer(cfg, resume=resume, quiet=args.quiet,
+                                      hooks=benchmark_hooks(cfg)).run()
+        except Stopped as e:  # Ctrl-C or SIGTERM: the run saved a checkpoint; a rerun continues it
+            print(f"growlm demo: {e}; run the same command again to continue", file=sys.stderr)
+            return e.exit_code
     from growlm.report import format_table, write_report
 
     runs = [out / "runs" / name for name in summaries]

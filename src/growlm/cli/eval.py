@@ -22,7 +22,7 @@ STDOUT = "-"
 _EPILOG = f"""\
 forms:
   growlm eval RUN_OR_CKPT [--tasks T1,T2|SUITE] [options]
-      score a growlm run (newest checkpoint), a checkpoint folder or a HF Llama folder
+      score a growlm run (newest checkpoint), a checkpoint folder or a HF model folder (Llama, Mistral, Qwen2, Qwen3)
   growlm eval {COMPARE} A B [--matrix embedding|head] [--k 100]
       top-k nearest-neighbour overlap of two models' embedding (or head) matrices
 
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = _EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("paths", nargs="+", metavar="RUN_OR_CKPT",
-                        help=f"a growlm run/checkpoint dir or HF Llama folder; or '{COMPARE} A B'")
+                        help=f"a growlm run/checkpoint dir or HF model folder (Llama, Mistral, Qwen2, Qwen3); or '{COMPARE} A B'")
     parser.add_argument("--tasks",
                         help=f"comma-separated tasks or suites, from: {', '.join(ALL_TASKS)}; "
                              f"suites {', '.join(SUITES)} (default: {','.join(DEFAULT_TASKS)}, "

@@ -64,7 +64,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "source",
         metavar="RUN_OR_CKPT",
-        help="run directory (newest checkpoint), checkpoint directory or HF Llama folder",
+        help="run directory (newest checkpoint), checkpoint directory or HF model folder (Llama, Mistral, Qwen2, Qwen3)",
     )
     parser.add_argument(
         "--data",
@@ -98,7 +98,7 @@ def model_source(path: Path) -> tuple[ModelConfig, Path, Path]:
     """(model config, resolved weights path for `init`, tokenizer.json) of a run/ckpt/HF folder."""
     if not path.exists():
         raise GrowlmError(
-            f"{path} does not exist; give a run dir, checkpoint dir or HF Llama folder"
+            f"{path} does not exist; give a run dir, checkpoint dir or HF model folder (Llama, Mistral, Qwen2, Qwen3)"
         )
     if (path / "config.json").is_file() and not (path / "meta.json").is_file():
         from growlm.model.hf import load_hf_folder

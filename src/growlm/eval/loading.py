@@ -93,7 +93,7 @@ def load_for_eval(
     tokenizer_path: str | os.PathLike | None = None,
     dtype: torch.dtype | None = None,
 ):
-    """(model, tokenizer or None, info) from a run dir, checkpoint dir or HF Llama folder.
+    """(model, tokenizer or None, info) from a run dir, checkpoint dir or HF model folder (Llama, Mistral, Qwen2, Qwen3).
 
     The tokenizer is `tokenizer_path` when given, else the tokenizer.json stored beside the
     weights; None when there is neither (tasks that need text then refuse to run).
@@ -101,7 +101,7 @@ def load_for_eval(
     path = Path(path)
     if not path.exists():
         raise GrowlmError(f"model path {path} does not exist (expected a growlm run, "
-                          "checkpoint or HF Llama folder)")
+                          "checkpoint or HF model folder (Llama, Mistral, Qwen2, Qwen3))")
     is_hf = (path / "config.json").is_file() and not (path / "meta.json").is_file()
     if is_hf:
         from growlm.model.hf import load_hf_folder

@@ -1,6 +1,6 @@
 """`growlm generate SOURCE --prompt TEXT`: a quick look at what a model writes.
 
-SOURCE is a run directory, a checkpoint directory or an (exported) HF Llama folder; its
+SOURCE is a run directory, a checkpoint directory or an (exported) HF model folder; its
 tokenizer.json is used. Decoding is greedy at temperature 0, otherwise sampling with
 temperature and nucleus (top-p, Holtzman et al. 2020) filtering; it stops at EOS or after
 --max-new-tokens. There is no KV cache (growlm's models are small): each step re-runs the
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "source",
         metavar="CKPT_OR_HF_FOLDER",
-        help="run directory (newest checkpoint), checkpoint directory or HF Llama folder",
+        help="run directory (newest checkpoint), checkpoint directory or HF model folder (Llama, Mistral, Qwen2, Qwen3)",
     )
     parser.add_argument(
         "--prompt", required=True, help="prompt text (the instruction with --template)"
