@@ -135,10 +135,10 @@ def test_sft_bad_inputs_are_one_line(kit, tiny_checkpoint, data_file, qa_toml, t
         ),
     ]
     into_source = ["sft", str(tiny_checkpoint), "--recipe", rec, "--out", str(tiny_checkpoint), "--quiet"]
-    cases.append((["--data", str(data_file), "--set", "data.seq_len=4", "--set", "sft.overlong='drop'"],
-                  "holds the source checkpoint"))
-    for extra, message in cases:
-        argv = into_source if message == "holds the source checkpoint" else base
+    runs = [(base, extra, message) for extra, message in cases]
+    runs.append((into_source, ["--data", str(data_file), "--set", "data.seq_len=4", "--set",
+                               "sft.overlong='drop'"], "holds the source checkpoint"))
+    for argv, extra, message in runs:
         assert main([*argv, *extra]) == 2, message
         err = capsys.readouterr().err
         assert message in err and err.count("\n") <= 2 and "Traceback" not in err, err
